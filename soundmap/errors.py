@@ -36,3 +36,7 @@ class AudioError(SoundmapError):
 
 class CacheError(SoundmapError):
     """A cache or workspace is missing, stale or was made with different settings."""
+
+
+class DownloadError(SoundmapError):
+    """A file could not be downloaded, or what arrived does not match its expected size/SHA-256."""

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from tests.fixtures.tileserver import tile_server  # noqa: F401  (loopback XYZ/quadkey server)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -18,3 +20,29 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.delenv("SOUNDMAP_WORKSPACE", raising=False)
     monkeypatch.delenv("SOUNDMAP_SCHEDULER", raising=False)
     os.environ.setdefault("SOUNDMAP_QUIET", "1")
+
+
+# CLAP engineer: synthetic audio files and tiny CLAP tokenizer files.
+from tests.fixtures.audio import audio_clips, write_audio  # noqa: E402,F401
+from tests.fixtures.clap_files import clap_files  # noqa: E402,F401
+
+# ECOLOGY engineer: static file server with HTTP Range support (WorldCover COG windows).
+from tests.fixtures.rangeserver import range_server  # noqa: E402,F401
+
+# MODELS engineer: tiny PSM / GeoCLAP models and authors'-layout checkpoints.
+from tests.fixtures.tiny_models import (  # noqa: E402,F401
+    author_checkpoint_factory,
+    installed_tiny_model,
+    tiny_geoclap_model,
+    tiny_model_factory,
+    tiny_psm_model,
+)
+
+# QUERY engineer: an embedded workspace (loopback tiles → tiny PSM) and installed tiny models.
+from tests.fixtures.query_workspace import (  # noqa: E402,F401
+    _built_query_workspace,
+    _tiny_psm_dir,
+    installed_models,
+    query_env,
+    tiny_psm,
+)

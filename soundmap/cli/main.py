@@ -26,6 +26,13 @@ app = typer.Typer(
 
 # Each module defines ``register(app)`` adding its commands or sub-apps.
 COMMAND_MODULES: tuple[str, ...] = (
+    "tiles",
+    "embed",
+    "query",
+    "ecology",
+    "models",
+    "estimate",
+    "train",
 )
 
 
@@ -50,7 +57,12 @@ for _name in COMMAND_MODULES:
 def run(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the app, turning user errors into one line and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
+        # typer turns Ctrl-C into Exit(130), which non-standalone mode *returns* instead of raising
+        if isinstance(result, int) and not isinstance(result, bool) and result:
+            if result == 130:
+                print("soundmap: interrupted", file=sys.stderr)
+            return result
     except SoundmapError as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"soundmap: error: {message}", file=sys.stderr)
@@ -62,6 +74,14 @@ def run(argv: list[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     except Exception as exc:  # click usage errors in non-standalone mode
         import click
+
+        # typer >= 0.2x vendors click as typer._click: its usage errors are not click's classes.
+        if isinstance(exc, typer.TyperException) and hasattr(exc, "show"):
+            exc.show()
+            return int(getattr(exc, "exit_code", 2) or 2)
+        if isinstance(exc, typer.Abort):
+            print("soundmap: aborted", file=sys.stderr)
+            return 130
 
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()

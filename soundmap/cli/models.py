@@ -1,0 +1,156 @@
+"""``soundmap models``: import, pull, list, inspect and remove PSM / GeoCLAP models.
+
+Thin: parse options, call :mod:`soundmap.models.registry` / :mod:`soundmap.models.checkpoint`, print.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Optional
+from urllib.parse import urlparse
+
+import typer
+
+from ..errors import InputError
+from ..models.config import METADATA_COMPONENTS
+from ..progress import info
+from .common import CacheDirOpt, QuietOpt, apply_quiet
+
+models_app = typer.Typer(name="models", help="Install and inspect PSM / GeoCLAP models.",
+                         no_args_is_help=True, add_completion=False)
+
+UnsafePickleOpt = Annotated[bool, typer.Option(
+    "--unsafe-pickle", help="Allow full unpickling of the checkpoint (runs code from the file: trusted files only).")]
+
+#: What imagery each family's models suit, for `models info`.
+FAMILY_SOURCES = {
+    "sentinel": "Sentinel-2 10 m (e.g. EOX s2cloudless 2020) and similar ~10 m imagery",
+    "bing": "Bing-like aerial imagery at ~0.6 m (web-mercator zoom ≈ 18)",
+    "googleEarth": "Google-Earth-like aerial imagery at ~0.2 m",
+}
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``models`` command group to the root app."""
+    app.add_typer(models_app, name="models")
+
+
+def _size(n_bytes: int | None) -> str:
+    if n_bytes is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n_bytes < 1024 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    return "?"
+
+
+def _metadata_label(components: tuple[str, ...]) -> str:
+    if tuple(components) == METADATA_COMPONENTS:
+        return "all"
+    return ",".join(components) if components else "none"
+
+
+@models_app.command("import")
+def import_command(
+    checkpoint: Annotated[Path, typer.Argument(help="The authors' PyTorch-Lightning .ckpt file.")],
+    name: Annotated[str, typer.Option("--name", help="Name to install the model under.")],
+    unsafe_pickle: UnsafePickleOpt = False, cache_dir: CacheDirOpt = None, quiet: QuietOpt = False,
+) -> None:
+    """Import an authors' .ckpt (PSM or GeoCLAP) as an installed model."""
+    from ..models.checkpoint import import_checkpoint
+
+    apply_quiet(quiet)
+    path = import_checkpoint(checkpoint, name, unsafe_pickle=unsafe_pickle, cache_dir=cache_dir)
+    info(f"imported {checkpoint} as {name}")
+    typer.echo(str(path))
+
+
+@models_app.command("pull")
+def pull_command(
+    name: Annotated[Optional[str], typer.Argument(help="A released model name (see `models list --available`).")] = None,
+    url: Annotated[Optional[str], typer.Option("--url", help="Download this checkpoint URL instead (Google Drive file links work).")] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the downloaded .ckpt after importing.")] = False,
+    unsafe_pickle: UnsafePickleOpt = False, cache_dir: CacheDirOpt = None, quiet: QuietOpt = False,
+) -> None:
+    """Download a released checkpoint (resumable, verified) and import it."""
+    from ..models.registry import pull_model
+
+    apply_quiet(quiet)
+    if name is None and url is None:
+        raise InputError("give a model NAME or --url URL")
+    if name is None:
+        stem = Path(urlparse(url).path).stem or "model"
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"
+    path = pull_model(name, url=url, cache_dir=cache_dir, unsafe_pickle=unsafe_pickle, keep_download=keep)
+    info(f"installed {name}")
+    typer.echo(str(path))
+
+
+@models_app.command("list")
+def list_command(
+    available: Annotated[bool, typer.Option("--available", help="Also list released models not installed yet.")] = False,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """List installed models (name, variant, family, metadata, size)."""
+    from ..models.registry import installed_models, load_registry
+
+    rows = [(m.name, m.config.variant, m.config.family, _metadata_label(m.config.metadata), _size(m.size_bytes))
+            for m in installed_models(cache_dir)]
+    if not rows and not available:
+        typer.echo("no models installed; see `soundmap models list --available` and `soundmap models pull NAME`")
+        return
+    installed = {r[0] for r in rows}
+    if available:
+        for entry in load_registry().entries.values():
+            if entry.name not in installed:
+                rows.append((entry.name, entry.variant, entry.family, _metadata_label(entry.metadata),
+                             "not installed"))
+    widths = [max(len(str(r[i])) for r in rows + [("name", "variant", "family", "metadata", "size")])
+              for i in range(5)]
+    for row in [("name", "variant", "family", "metadata", "size"), *rows]:
+        typer.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@models_app.command("info")
+def info_command(
+    name: Annotated[str, typer.Argument(help="An installed model name.")],
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Show a model's variant, accepted metadata, suitable imagery, weights hash and config."""
+    from ..models.registry import installed_model
+
+    model = installed_model(name, cache_dir)
+    config = model.config
+    typer.echo(f"name:        {model.name}")
+    typer.echo(f"path:        {model.path}")
+    typer.echo(f"variant:     {config.variant} ({'probabilistic, scored with CSD' if config.probabilistic else 'deterministic, scored with cosine'})")
+    typer.echo(f"metadata:    {', '.join(config.metadata) or 'none (image only)'}")
+    typer.echo(f"family:      {config.family} (gsd {config.gsd} m; fits {FAMILY_SOURCES.get(config.family, '?')})")
+    typer.echo(f"weights:     {_size(model.size_bytes)}, sha256 {model.weights_sha256 or '?'}")
+    typer.echo("config:      " + json.dumps(config.to_dict(), sort_keys=True))
+
+
+@models_app.command("remove")
+def remove_command(
+    name: Annotated[str, typer.Argument(help="An installed model name.")],
+    cache_dir: CacheDirOpt = None, quiet: QuietOpt = False,
+) -> None:
+    """Delete an installed model."""
+    from ..models.registry import remove_model
+
+    apply_quiet(quiet)
+    path = remove_model(name, cache_dir)
+    info(f"removed {name} ({path})")
+
+
+@models_app.command("clap-files")
+def clap_files_command(
+    dest: Annotated[Optional[Path], typer.Option("--dest", help="Directory to put them in (default <cache>/clap).")] = None,
+) -> None:
+    """Fetch CLAP's tokenizer and audio-feature settings (a few MB, no weights)."""
+    from ..preprocess.text import download_clap_files
+
+    typer.echo(str(download_clap_files(dest)))

@@ -1,0 +1,52 @@
+"""Scores between a query embedding and cell embeddings (psm-reference.md, "Scores and metrics").
+
+Higher is always better: ``−CSD`` for probabilistic models, cosine for deterministic ones.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from soundmap.errors import InputError
+from soundmap.models.embedding import Embedding
+
+SCORE_METHODS: tuple[str, ...] = ("csd", "cosine")
+
+
+def closed_form_sampled_distance(mu_p: torch.Tensor, logvar_p: torch.Tensor,
+                                 mu_q: torch.Tensor, logvar_q: torch.Tensor) -> torch.Tensor:
+    """PCME++ closed-form sampled distance between every row of p (Q × D) and of q (N × D) → Q × N.
+
+    ``d = ‖μp − μq‖² + Σ exp(vp) + Σ exp(vq) = 2 − 2 μp·μq + Σ exp(vp) + Σ exp(vq)`` with unit
+    means μ and log-variances v. Computed from one matrix product and two row sums, so memory is
+    Q × N, never Q × N × D.
+    """
+    var_p = logvar_p.float().exp().sum(dim=-1)
+    var_q = logvar_q.float().exp().sum(dim=-1)
+    dot = mu_p.float() @ mu_q.float().T
+    return 2.0 - 2.0 * dot + var_p[:, None] + var_q[None, :]
+
+
+def cosine_similarity(mu_p: torch.Tensor, mu_q: torch.Tensor) -> torch.Tensor:
+    """Dot products of unit means (Q × N)."""
+    return mu_p.float() @ mu_q.float().T
+
+
+def score(query: Embedding, cells: Embedding, method: str | None = None) -> torch.Tensor:
+    """``−CSD`` (``"csd"``) or cosine (``"cosine"``) of each query row against each cell.
+
+    Returns (N,) for a 1-row query, (Q, N) otherwise. ``method`` None picks CSD when both sides
+    are probabilistic, else cosine.
+    """
+    if method is None:
+        method = "csd" if query.probabilistic and cells.probabilistic else "cosine"
+    if method not in SCORE_METHODS:
+        raise InputError(f"unknown score method {method!r}; use csd or cosine")
+    cells_mu = cells.mu.to(query.mu.device)
+    if method == "csd":
+        if query.logvar is None or cells.logvar is None:
+            raise InputError("csd needs probabilistic (PSM) embeddings; use --score cosine for GeoCLAP models")
+        scores = -closed_form_sampled_distance(query.mu, query.logvar, cells_mu, cells.logvar.to(query.mu.device))
+    else:
+        scores = cosine_similarity(query.mu, cells_mu)
+    return scores[0] if len(query) == 1 else scores

@@ -1,0 +1,325 @@
+"""The embedding store: pre-fusion image features laid out on the cell grid, in Zarr v3.
+
+Layout of ``<workspace>/embeddings/zoom<z>.zarr`` (one Zarr v3 group per zoom level):
+
+``features``  rows × cols × D, float16 (default) or float32, chunks of ``CHUNK_CELLS`` ×
+              ``CHUNK_CELLS`` × D: a chunk is a map tile of cells, so the embed loop writes, and a
+              query reads, whole chunks. Cells without a feature hold NaN (the fill value).
+``state``     rows × cols uint8, same chunking: :class:`CellState` of every cell.
+attributes    the grid (CRS, transform, footprint, zoom, family), the imagery source, the model
+              (name, weights sha256, preprocessing version), the store format version, and a
+              ``store_id`` new at every (re)creation, so caches derived from a store (fused
+              embeddings) can tell an ``--overwrite`` apart from the store they were made from.
+
+Why features are pre-fusion: the fused embedding depends on the metadata (month, hour, ...) chosen
+at query time, the image feature does not, and the image encoder is by far the expensive part.
+
+Crash safety: Zarr's ``LocalStore`` writes every chunk to a temporary file and renames it into
+place, so a chunk on disk is always a whole old or a whole new chunk. The embed loop writes a
+block's ``features`` chunk first and its ``state`` chunk second, and only ``state`` says a cell is
+valid: an interruption between the two leaves cells marked "not done", never garbage marked valid.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import uuid
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ..errors import CacheError
+from ..geo.grid import Grid
+
+#: Bump when the layout changes in a way older readers cannot read.
+STORE_FORMAT_VERSION = 1
+#: Cells per chunk side: a chunk of 32 × 32 cells × 512 float16 features is 1 MiB.
+CHUNK_CELLS = 32
+FEATURES = "features"
+STATE = "state"
+STORAGE_DTYPES: tuple[str, ...] = ("float16", "float32")
+
+
+class CellState(enum.IntEnum):
+    """What the store knows about one cell (the ``state`` array)."""
+
+    PENDING = 0      #: not embedded yet (a new store, or an interrupted run)
+    EMBEDDED = 1     #: imagery rendered and features written: the only valid state
+    NO_IMAGERY = 2   #: tiles missing when last tried; retried by the next run
+    OUTSIDE = 3      #: outside the workspace's area of interest; never embedded
+
+
+@dataclass(frozen=True)
+class StoreIdentity:
+    """Everything the stored features depend on: mixing two identities in one store is a bug.
+
+    A store made with one identity is reused (resumed) only by a run with the same identity;
+    anything else must be re-embedded (``--overwrite``) or go to another workspace.
+    """
+
+    model_name: str
+    weights_sha256: str
+    preprocess_version: str
+    model_family: str
+    source_name: str
+    source_key: str
+    zoom: int
+    grid: Mapping[str, Any]
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The JSON-safe attributes recording this identity."""
+        return {
+            "zoom": int(self.zoom),
+            "model": {"name": self.model_name, "weights_sha256": self.weights_sha256,
+                      "family": self.model_family},
+            "preprocess_version": self.preprocess_version,
+            "source": {"name": self.source_name, "cache_key": self.source_key},
+            "grid": dict(self.grid),
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> StoreIdentity:
+        """Read the identity back from a store's attributes."""
+        model, source = attrs["model"], attrs["source"]
+        return cls(model_name=model["name"], weights_sha256=model["weights_sha256"],
+                   preprocess_version=attrs["preprocess_version"], model_family=model["family"],
+                   source_name=source["name"], source_key=source["cache_key"],
+                   zoom=int(attrs["zoom"]), grid=attrs["grid"])
+
+    def difference(self, other: StoreIdentity) -> str | None:
+        """A short phrase naming the first way ``other`` differs from this identity, or None."""
+        if self.weights_sha256 != other.weights_sha256 or self.model_name != other.model_name:
+            return (f"model {self.model_name} ({self.weights_sha256[:12]}), not "
+                    f"{other.model_name} ({other.weights_sha256[:12]})")
+        if self.preprocess_version != other.preprocess_version:
+            return f"preprocessing version {self.preprocess_version}, not {other.preprocess_version}"
+        if self.source_key != other.source_key:
+            return f"imagery source {self.source_name}, not {other.source_name}"
+        if self.zoom != other.zoom:
+            return f"zoom {self.zoom}, not {other.zoom}"
+        if _normalised(self.grid) != _normalised(other.grid):
+            return "a different grid (the workspace region, stride or CRS changed)"
+        return None
+
+
+def _normalised(value: Any) -> Any:
+    """JSON round-trips turn tuples into lists: compare the two forms as equal."""
+    if isinstance(value, Mapping):
+        return {str(k): _normalised(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_normalised(v) for v in value]
+    return value
+
+
+def _georeference_attrs(grid_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``crs`` and ``transform`` (affine a, b, c, d, e, f: x = a·col + b·row + c, y = d·col + e·row + f)
+    at the top level, so that GIS tools and people can read them without knowing the Grid class."""
+    grid = Grid.from_dict(dict(grid_dict))
+    return {"crs": grid.crs, "transform": [float(v) for v in tuple(grid.transform)[:6]]}
+
+
+def embedding_store_path(workspace_path: str | os.PathLike, zoom: int) -> Path:
+    """Where the store of ``zoom`` lives inside a workspace directory."""
+    return Path(workspace_path) / "embeddings" / f"zoom{int(zoom)}.zarr"
+
+
+def chunk_slices(rows: int, cols: int, chunk: int = CHUNK_CELLS) -> Iterator[tuple[slice, slice]]:
+    """Chunk-aligned (row slice, col slice) blocks covering a rows × cols grid, row-major."""
+    for r0 in range(0, rows, chunk):
+        for c0 in range(0, cols, chunk):
+            yield slice(r0, min(r0 + chunk, rows)), slice(c0, min(c0 + chunk, cols))
+
+
+class EmbeddingStore:
+    """One zoom level's features and cell states on disk (see the module docstring for the layout).
+
+    Readers use :attr:`grid`, :attr:`features`, :meth:`valid_mask` and :meth:`iter_blocks`; the
+    embed loop uses :meth:`create_or_resume`, :meth:`read_block` and :meth:`write_block`.
+    """
+
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path = path
+        self.group = group
+        self.attrs: dict[str, Any] = dict(group.attrs)
+        try:
+            self.features: zarr.Array = group[FEATURES]  # type: ignore[assignment]
+            self.state: zarr.Array = group[STATE]  # type: ignore[assignment]
+            self.grid = Grid.from_dict(self.attrs["grid"])
+            self.identity = StoreIdentity.from_attrs(self.attrs)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CacheError(f"embedding store {path} is incomplete or from another version ({err}); "
+                             "re-run `soundmap embed --overwrite`") from None
+        version = self.attrs.get("format_version")
+        if version != STORE_FORMAT_VERSION:
+            raise CacheError(f"embedding store {path} has format version {version}, this soundmap reads "
+                             f"{STORE_FORMAT_VERSION}; re-run `soundmap embed --overwrite`")
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, writable: bool = False) -> EmbeddingStore:
+        """Open an existing store; CacheError (one line) if it is missing or unreadable."""
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise CacheError(f"no embeddings at {path}; run `soundmap embed` first")
+        try:
+            group = zarr.open_group(str(path), mode="r+" if writable else "r", zarr_format=3)
+        except Exception as err:  # zarr raises many types for a damaged store
+            raise CacheError(f"embedding store {path} is unreadable ({type(err).__name__}); "
+                             "re-run `soundmap embed --overwrite`") from None
+        return cls(path, group)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, identity: StoreIdentity, *, rows: int, cols: int,
+               feature_dim: int, dtype: str = "float16", chunk_cells: int = CHUNK_CELLS) -> EmbeddingStore:
+        """Create an empty store (every cell PENDING), replacing whatever is at ``path``.
+
+        The store is built in a temporary sibling directory and renamed into place, so a reader
+        never finds a store without its attributes or arrays.
+        """
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"storage dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            group.create_array(FEATURES, shape=(rows, cols, feature_dim), dtype=dtype,
+                               chunks=(chunk_cells, chunk_cells, feature_dim), fill_value=np.nan,
+                               dimension_names=("row", "col", "feature"))
+            group.create_array(STATE, shape=(rows, cols), dtype="uint8",
+                               chunks=(chunk_cells, chunk_cells), fill_value=int(CellState.PENDING),
+                               dimension_names=("row", "col"))
+            attrs = {"format_version": STORE_FORMAT_VERSION, "store_id": uuid.uuid4().hex,
+                     "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+                     **identity.to_attrs(),
+                     "feature_dim": int(feature_dim), "dtype": dtype, "chunk_cells": int(chunk_cells),
+                     "state_codes": {s.name.lower(): int(s) for s in CellState},
+                     **_georeference_attrs(identity.grid)}
+            group.attrs.update(attrs)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return cls.open(path, writable=True)
+
+    @classmethod
+    def create_or_resume(cls, path: str | os.PathLike, identity: StoreIdentity, *, rows: int, cols: int,
+                         feature_dim: int, dtype: str = "float16", overwrite: bool = False) -> EmbeddingStore:
+        """The store to embed into: the existing one when it has the same identity (resume), a new
+        one when there is none or ``overwrite``; CacheError when it was made differently."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            store = cls.open(path, writable=True)
+            store.require_identity(identity)
+            if store.features.shape != (rows, cols, feature_dim):
+                raise CacheError(f"embeddings in {path} have shape {store.features.shape}, not "
+                                 f"{(rows, cols, feature_dim)}; pass --overwrite to re-embed or use another --workspace")
+            return store
+        return cls.create(path, identity, rows=rows, cols=cols, feature_dim=feature_dim, dtype=dtype)
+
+    def require_identity(self, identity: StoreIdentity) -> None:
+        """CacheError (one line saying what to do) unless this store was made with ``identity``."""
+        difference = self.identity.difference(identity)
+        if difference is not None:
+            raise CacheError(f"embeddings in {self.path} were made with {difference}; pass --overwrite "
+                             "to re-embed or use another --workspace")
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def zoom(self) -> int:
+        """PSM zoom level of the stored features."""
+        return int(self.attrs["zoom"])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols) of the grid."""
+        return int(self.state.shape[0]), int(self.state.shape[1])
+
+    @property
+    def chunk_cells(self) -> int:
+        """Side, in cells, of a chunk-aligned block."""
+        return int(self.state.chunks[0])
+
+    def blocks(self) -> Iterator[tuple[slice, slice]]:
+        """Chunk-aligned (row slice, col slice) blocks covering the grid, row-major."""
+        return chunk_slices(*self.shape, self.chunk_cells)
+
+    def state_array(self) -> np.ndarray:
+        """The rows × cols uint8 :class:`CellState` of every cell (1 byte per cell)."""
+        return np.asarray(self.state[:])
+
+    def valid_mask(self) -> np.ndarray:
+        """rows × cols bool: True where a cell's features were embedded and may be used."""
+        return self.state_array() == CellState.EMBEDDED
+
+    def counts(self) -> dict[str, int]:
+        """How many cells are in each state, read band by band (never the whole grid at once)."""
+        totals = dict.fromkeys((s.name.lower() for s in CellState), 0)
+        rows, _ = self.shape
+        for r0 in range(0, rows, self.chunk_cells):
+            band = np.asarray(self.state[r0:r0 + self.chunk_cells, :])
+            values, numbers = np.unique(band, return_counts=True)
+            for value, number in zip(values, numbers):
+                totals[CellState(int(value)).name.lower()] += int(number)
+        return totals
+
+    def read_block(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Features (storage dtype) and states of one block, as stored."""
+        return np.asarray(self.features[rows, cols, :]), np.asarray(self.state[rows, cols])
+
+    def iter_blocks(self, fill: float = np.nan) -> Iterator[tuple[slice, slice, np.ndarray, np.ndarray]]:
+        """Yield ``(row_slice, col_slice, features float32 (r×c×D), valid bool (r×c))`` per chunk.
+
+        Cells that are not valid hold ``fill`` (NaN by default, so that forgetting the mask shows
+        up as nodata rather than as a plausible score).
+        """
+        for rows, cols in self.blocks():
+            features, state = self.read_block(rows, cols)
+            valid = state == CellState.EMBEDDED
+            block = features.astype(np.float32)
+            block[~valid] = fill
+            yield rows, cols, block, valid
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write_block(self, rows: slice, cols: slice, features: np.ndarray | None, state: np.ndarray) -> None:
+        """Write one chunk-aligned block: features first, then the states that vouch for them.
+
+        ``features=None`` writes states only (a block whose new cells all lack imagery).
+        """
+        if features is not None:
+            self.features[rows, cols, :] = features.astype(self.features.dtype, copy=False)
+        self.state[rows, cols] = state.astype(np.uint8, copy=False)
+
+
+def open_embedding_store(workspace: Any, zoom: int, model: Any = None) -> EmbeddingStore:
+    """Open the embeddings of ``zoom`` in ``workspace`` (a Workspace or its directory) for reading.
+
+    With ``model``, also check the store was made by that model (same weights hash and
+    preprocessing version): CacheError otherwise, so that a query never mixes one model's image
+    features with another model's fusion and heads.
+    """
+    path = embedding_store_path(Path(getattr(workspace, "path", workspace)), zoom)
+    if not (path / "zarr.json").is_file():
+        raise CacheError(f"no embeddings for zoom {zoom} in {path.parent.parent}; run "
+                         f"`soundmap embed --zoom {zoom}` first")
+    store = EmbeddingStore.open(path)
+    if model is not None:
+        ident = store.identity
+        if ident.weights_sha256 != model.weights_sha256 or ident.preprocess_version != model.preprocess_version:
+            raise CacheError(f"embeddings in {path} were made with model {ident.model_name} "
+                             f"({ident.weights_sha256[:12]}), not {model.name} ({model.weights_sha256[:12]}); "
+                             "run `soundmap embed --overwrite` with that model or use its workspace")
+    return store

@@ -1,0 +1,534 @@
+"""The embed loop: render every cell of a workspace's grid, encode it, stream it into the store.
+
+Shape of the loop, and why:
+
+- The grid is walked in chunk-aligned blocks (a block = one Zarr chunk of cells), so the region
+  is never held in memory and every write replaces whole chunks (cheap, and atomic on disk).
+- Background threads render groups of cells (tile decoding + warping release the GIL; each tile is
+  decoded once per group) while the model runs on earlier ones; a bounded queue of ``workers + 1``
+  groups keeps memory flat. On CUDA a rendered group is pinned in the worker and copied with
+  ``non_blocking``.
+- After every batch the touched block is written (features, then states): Ctrl-C or a crash loses
+  at most the batch in flight, and a re-run skips every cell already marked embedded.
+- On GPU the encoder runs under bf16 (fp16 where bf16 is unsupported) autocast; on CPU it stays
+  in fp32 (performance.md: CPU bf16 autocast is ~7x slower on CPUs without bf16 units).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CacheError, InputError, ModelError, TileError
+from ..progress import info
+from ..progress import progress as progress_bar
+from .embeddings import CHUNK_CELLS, STORAGE_DTYPES, CellState, EmbeddingStore, StoreIdentity, embedding_store_path
+
+#: Default images per forward pass: small on CPU (no gain from large batches, lower latency per
+#: flushed batch), large on GPU (throughput).
+DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 128}
+#: Cells per render call: the renderer decodes each tile once per call, and neighbouring cells
+#: share tiles, so render more cells at a time than a CPU model batch holds.
+MIN_RENDER_GROUP = 64
+
+
+def default_workers(device: Any) -> int:
+    """Render threads: on CPU the renderer competes with the encoder for the same cores, and
+    ~25 ms of rendering per ~500 CPU-ms of ViT-B forward needs little help; on a GPU rendering is
+    the bottleneck, so use every core but one (the one feeding the GPU)."""
+    cpus = os.cpu_count() or 1
+    if getattr(device, "type", str(device)) == "cuda":
+        return max(1, cpus - 1)
+    return max(1, min(2, cpus))
+
+
+def render_group_size(batch_size: int) -> int:
+    """Cells per render call: whole model batches, at least ``MIN_RENDER_GROUP`` cells."""
+    return batch_size * max(1, -(-MIN_RENDER_GROUP // batch_size))
+
+
+@dataclass
+class EmbedReport:
+    """What one ``embed_region`` run did at one zoom level."""
+
+    zoom: int
+    store_path: Path
+    total_cells: int          #: cells in the grid
+    embedded: int = 0         #: cells embedded by this run
+    already_done: int = 0     #: cells found embedded by an earlier run (skipped)
+    missing: int = 0          #: cells left without imagery (tiles absent); retried by the next run
+    outside: int = 0          #: cells outside the AOI (never embedded)
+    batches: int = 0          #: forward passes run
+    seconds: float = 0.0
+    model_name: str = ""
+    device: str = ""
+
+    @property
+    def cells_per_s(self) -> float:
+        """Throughput of this run (embedded cells per wall-clock second)."""
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        """True when every cell inside the region has features."""
+        return self.missing == 0
+
+    def summary(self) -> str:
+        """One human line."""
+        text = (f"zoom {self.zoom}: embedded {self.embedded} cells in {self.seconds:.1f} s "
+                f"({self.cells_per_s:.1f} cells/s, {self.model_name} on {self.device})")
+        if self.already_done:
+            text += f", {self.already_done} already done"
+        if self.missing:
+            text += f", {self.missing} without imagery"
+        return text
+
+
+@dataclass(frozen=True)
+class CellGroup:
+    """Cells still to embed that one render call handles (several model batches), all in one
+    chunk-aligned block, row-major (neighbours share tiles, so each tile is decoded once)."""
+
+    block: tuple[slice, slice]
+    rows: np.ndarray
+    cols: np.ndarray
+    last_in_block: bool
+
+
+@dataclass
+class RenderedGroup:
+    """A :class:`CellGroup` rendered: images of its cells that have imagery, and which those are."""
+
+    group: CellGroup
+    images: Any            #: torch uint8 tensor n_valid × H × W × 3 (pinned when feeding CUDA)
+    valid: np.ndarray      #: bool, one per cell of the group
+
+
+@dataclass
+class _BlockBuffer:
+    """One block's features and states while the loop fills it (storage dtype)."""
+
+    features: np.ndarray
+    state: np.ndarray
+
+
+@dataclass
+class CellCounts:
+    """What the state array says before a run: cells to embed, already embedded, outside the AOI."""
+
+    todo: int = 0
+    already_done: int = 0
+    outside: int = 0
+
+
+# --------------------------------------------------------------------------- devices and models
+
+def resolve_device(device: str | Any = "auto") -> Any:
+    """``auto`` → CUDA when available, else CPU; an unavailable ``cuda`` is a one-line InputError."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    text = str(device or "auto").strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device} asked for a GPU but torch sees no CUDA device; use --device cpu or auto")
+    try:
+        return torch.device(text)
+    except RuntimeError:
+        raise InputError(f"--device expects auto, cpu or cuda[:N], got {device!r}") from None
+
+
+def resolve_model(model: Any, *, family: str, device: Any, cache_dir: str | os.PathLike | None = None) -> Any:
+    """A loaded model: ``model`` itself when already loaded, else loaded by name/path (looked up
+    under ``--cache-dir`` first), else the installed PSM model of ``family``."""
+    if model is not None and hasattr(model, "encode_image"):
+        return model
+    from ..models.soundscape import load_model
+    from ..paths import model_dir
+
+    name = str(model) if model is not None else default_model_name(family, cache_dir=cache_dir)
+    installed = model_dir(cache_dir) / name
+    return load_model(installed if (installed / "config.json").is_file() else name, device=device)
+
+
+def default_model_name(family: str, *, cache_dir: str | os.PathLike | None = None) -> str:
+    """The installed PSM model trained on ``family`` imagery (preferring one that takes metadata,
+    the paper's headline models); ModelError naming the ``soundmap models pull`` to run if none."""
+    from ..families import get_family
+    from ..models.registry import installed_models, load_registry
+
+    wanted = get_family(family).name
+    candidates = [m for m in installed_models(cache_dir)
+                  if m.config.variant == "psm" and get_family(m.config.family).name == wanted]
+    if candidates:
+        return sorted(candidates, key=lambda m: (not m.config.metadata, m.name))[0].name
+    released = sorted((e for e in load_registry().entries.values() if e.variant == "psm" and e.family == wanted),
+                      key=lambda e: (not e.metadata, e.name))
+    suggestion = f"`soundmap models pull {released[0].name}`" if released else "`soundmap models pull NAME`"
+    raise ModelError(f"no PSM model for {wanted} imagery is installed; run {suggestion} "
+                     "(see `soundmap models list --available`) or pass --model NAME")
+
+
+def encoder_autocast(device: Any) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA (fp16 if the GPU has no bf16), nothing on CPU (fp32 is faster there)."""
+    import torch
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def encode_batch(model: Any, images: Any, zoom: int, device: Any) -> np.ndarray:
+    """Pre-fusion features (n × D float32 numpy) of a uint8 n × H × W × 3 batch."""
+    import torch
+
+    with torch.inference_mode(), encoder_autocast(device):
+        if images.device != device:
+            images = images.to(device, non_blocking=True)
+        features = model.encode_image(images, zoom)
+    return features.detach().float().cpu().numpy()
+
+
+def store_identity(model: Any, source: Any, grid: Any, zoom: int) -> StoreIdentity:
+    """What the features depend on: the model's weights and preprocessing, the imagery, the grid."""
+    return StoreIdentity(model_name=str(model.name), weights_sha256=str(model.weights_sha256),
+                         preprocess_version=str(model.preprocess_version), model_family=str(model.family),
+                         source_name=str(source.name), source_key=str(source.cache_key), zoom=int(zoom),
+                         grid=grid.to_dict())
+
+
+def feature_dim(model: Any, grid: Any, zoom: int, device: Any) -> int:
+    """Width D of the model's pre-fusion image feature: the config's ``fc_dim`` (the projector's
+    output), else found by encoding one blank cell (for models without that config)."""
+    import torch
+
+    configured = getattr(getattr(model, "config", None), "fc_dim", None)
+    if isinstance(configured, int) and configured > 0:
+        return configured
+    blank = torch.zeros((1, grid.tile_px, grid.tile_px, 3), dtype=torch.uint8)
+    return int(encode_batch(model, blank, zoom, device).shape[-1])
+
+
+# --------------------------------------------------------------------------- planning
+
+def _state_bands(store: EmbeddingStore, inside: np.ndarray | None) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """(row slice, states, inside-AOI mask) one band of chunk rows at a time, so that only a band
+    of the grid's states is ever in memory."""
+    rows, _ = store.shape
+    for r0 in range(0, rows, store.chunk_cells):
+        band_rows = slice(r0, min(r0 + store.chunk_cells, rows))
+        band = np.asarray(store.state[band_rows, :])
+        band_inside = inside[band_rows, :] if inside is not None else np.ones(band.shape, dtype=bool)
+        yield band_rows, band, band_inside
+
+
+def count_cells(store: EmbeddingStore, inside: np.ndarray | None) -> CellCounts:
+    """Count the cells to embed and those done, marking PENDING cells outside the AOI as OUTSIDE
+    on the way (states only: no features involved, so no ordering concern)."""
+    counts = CellCounts()
+    for band_rows, band, band_inside in _state_bands(store, inside):
+        newly_outside = ~band_inside & (band == CellState.PENDING)
+        if newly_outside.any():
+            band = np.where(newly_outside, np.uint8(CellState.OUTSIDE), band).astype(np.uint8)
+            store.state[band_rows, :] = band
+        done = band == CellState.EMBEDDED
+        counts.already_done += int(done.sum())
+        counts.outside += int((~band_inside).sum())
+        counts.todo += int((band_inside & ~done).sum())
+    return counts
+
+
+def iter_groups(store: EmbeddingStore, inside: np.ndarray | None, group_size: int) -> Iterator[CellGroup]:
+    """The cells still to embed (inside the AOI, not EMBEDDED), lazily, block by chunk-aligned
+    block in row-major order, cut into render groups of at most ``group_size`` cells."""
+    _, cols = store.shape
+    chunk = store.chunk_cells
+    for band_rows, band, band_inside in _state_bands(store, inside):
+        todo = band_inside & (band != CellState.EMBEDDED)
+        for c0 in range(0, cols, chunk):
+            block = (band_rows, slice(c0, min(c0 + chunk, cols)))
+            local_r, local_c = np.nonzero(todo[:, block[1]])
+            for start in range(0, len(local_r), group_size):
+                stop = start + group_size
+                yield CellGroup(block=block, rows=local_r[start:stop] + band_rows.start,
+                                cols=local_c[start:stop] + c0, last_in_block=stop >= len(local_r))
+
+
+# --------------------------------------------------------------------------- rendering
+
+def make_renderer(grid: Any, source: Any, cache: Any, pin_memory: bool) -> Callable[[CellGroup], RenderedGroup]:
+    """The function the render threads run: cells → uint8 images of the cells that have imagery."""
+    import torch
+
+    from ..tiles.render import render_cells
+
+    def render(group: CellGroup) -> RenderedGroup:
+        pixels, valid = render_cells(grid, group.rows, group.cols, source, cache)
+        valid = np.asarray(valid, dtype=bool)
+        if not valid.all():
+            pixels = pixels[valid]
+        images = torch.from_numpy(np.ascontiguousarray(pixels))
+        if pin_memory and len(images):
+            images = images.pin_memory()
+        return RenderedGroup(group=group, images=images, valid=valid)
+
+    return render
+
+
+def prefetched(executor: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any],
+               depth: int) -> Iterator[Any]:
+    """``map(fn, items)`` run ahead by up to ``depth`` items on ``executor``, results in order.
+
+    Bounded so memory stays flat however long the region; pending work is cancelled when the
+    consumer stops early (Ctrl-C, error).
+    """
+    pending: deque[Future[Any]] = deque()
+    source = iter(items)
+    try:
+        for item in source:
+            pending.append(executor.submit(fn, item))
+            if len(pending) >= depth:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(source, None)
+            if nxt is not None:
+                pending.append(executor.submit(fn, nxt))
+            yield result
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+# --------------------------------------------------------------------------- the loop
+
+def _as_workspace(workspace: Any) -> Any:
+    from ..workspace import Workspace
+
+    if isinstance(workspace, Workspace):
+        return workspace
+    return Workspace.load(workspace)
+
+
+def check_tiles_fetched(workspace: Any, zoom: int, cache: Any) -> None:
+    """TileError (one line) when not one tile of the zoom's plan is cached: embed before fetch."""
+    from ..workspace import plan_zoom
+
+    source = workspace.source()
+    if not source.is_remote:
+        return
+    plan = plan_zoom(workspace, zoom)
+    if plan.tiles and cache.count(source.cache_key, plan.web_zoom) == 0:
+        raise TileError(f"no tiles of {source.name} are cached for zoom {zoom}; run "
+                        f"`soundmap tiles fetch --workspace {workspace.path} --zoom {zoom}` first")
+
+
+def check_embed_options(*, batch_size: int | None = None, workers: int | None = None,
+                        dtype: str = "float16") -> None:
+    """One-line InputErrors for option values no run can use (before any model is loaded)."""
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    if dtype not in STORAGE_DTYPES:
+        raise InputError(f"--dtype must be float16 or float32, got {dtype!r}")
+
+
+def prepare_embedding(workspace: Any, zooms: Iterable[int], model: Any = None, *, device: str | Any = "auto",
+                      cache_dir: str | os.PathLike | None = None) -> Any:
+    """Check every zoom can be embedded (grid recorded, tiles fetched) *before* loading the model,
+    then load it once: a bad zoom costs no model load, and all zooms share one model."""
+    ws = _as_workspace(workspace)
+    cache = ws.tile_cache(cache_dir)
+    for zoom in zooms:
+        ws.grid(zoom)
+        check_tiles_fetched(ws, zoom, cache)
+    source = ws.source()
+    loaded = resolve_model(model, family=source.family, device=resolve_device(device), cache_dir=cache_dir)
+    if str(loaded.family).lower() != str(source.family).lower():
+        info(f"warning: model {loaded.name} was trained on {loaded.family} imagery but the workspace's "
+             f"source {source.name} is {source.family}")
+    return loaded
+
+
+def embed_region(workspace: Any, zoom: int, model: Any = None, *, batch_size: int | None = None,
+                 device: str | Any = "auto", workers: int | None = None, progress: bool = True,
+                 overwrite: bool = False, dtype: str = "float16", cache_dir: str | os.PathLike | None = None,
+                 chunk_cells: int = CHUNK_CELLS, on_batch: Callable[[EmbedReport], None] | None = None) -> EmbedReport:
+    """Embed every cell of ``workspace``'s grid at ``zoom`` into its embedding store.
+
+    ``workspace`` is a :class:`~soundmap.workspace.Workspace` or its directory; ``model`` a loaded
+    model, a model name/path, or None for the installed PSM model of the source's family.
+    Resumes an existing store made with the same model, source, preprocessing and grid; refuses
+    (CacheError) one made differently unless ``overwrite``. Cells without imagery are marked and
+    counted in the report (``report.missing``), not raised: the caller decides. ``chunk_cells``
+    sets the chunk side of a *new* store. ``on_batch`` is called after each batch is written
+    (progress hooks, tests).
+    """
+    check_embed_options(batch_size=batch_size, workers=workers, dtype=dtype)
+    ws = _as_workspace(workspace)
+    grid = ws.grid(zoom)
+    source = ws.source()
+    cache = ws.tile_cache(cache_dir)
+    check_tiles_fetched(ws, zoom, cache)
+    target = resolve_device(device)
+    model = resolve_model(model, family=source.family, device=target, cache_dir=cache_dir)
+    target = _model_device(model, target)
+    batch_size = int(batch_size if batch_size is not None else DEFAULT_BATCH_SIZE.get(target.type, 8))
+
+    job = _EmbedJob(workspace=ws, zoom=zoom, model=model, grid=grid, source=source, cache=cache, device=target,
+                    batch_size=batch_size, workers=int(workers or default_workers(target)))
+    path = embedding_store_path(ws.path, zoom)
+    with exclusive_lock(path.with_name(path.name + ".lock")):
+        store = _open_store(path, job, dtype, overwrite, chunk_cells)
+        return _embed_into(store, job, progress, on_batch)
+
+
+@dataclass(frozen=True)
+class _EmbedJob:
+    """Everything one zoom level's embed run works with, resolved and checked."""
+
+    workspace: Any
+    zoom: int
+    model: Any
+    grid: Any
+    source: Any
+    cache: Any
+    device: Any
+    batch_size: int
+    workers: int
+
+    @property
+    def identity(self) -> StoreIdentity:
+        return store_identity(self.model, self.source, self.grid, self.zoom)
+
+
+def _embed_into(store: EmbeddingStore, job: _EmbedJob, progress: bool,
+                on_batch: Callable[[EmbedReport], None] | None) -> EmbedReport:
+    """Plan the remaining cells, render them in the background and encode them into ``store``."""
+    inside = job.workspace.aoi_mask(job.zoom)
+    counts = count_cells(store, inside)
+    report = EmbedReport(zoom=job.zoom, store_path=store.path, total_cells=job.grid.rows * job.grid.cols,
+                         already_done=counts.already_done, outside=counts.outside,
+                         model_name=str(job.model.name), device=str(job.device))
+    renderer = make_renderer(job.grid, job.source, job.cache, pin_memory=job.device.type == "cuda")
+    started = time.perf_counter()
+    bar = progress_bar(total=counts.todo, desc=f"embed zoom {job.zoom}", unit="cell") if progress else _NullBar()
+    executor = ThreadPoolExecutor(max_workers=job.workers, thread_name_prefix="soundmap-render")
+    try:
+        groups = prefetched(executor, renderer, iter_groups(store, inside, render_group_size(job.batch_size)),
+                            job.workers + 1)
+        _run_batches(store, job, groups, report, bar, on_batch, started)
+    finally:
+        report.seconds = time.perf_counter() - started
+        executor.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+    return report
+
+
+def _run_batches(store: EmbeddingStore, job: _EmbedJob, rendered: Iterable[RenderedGroup], report: EmbedReport,
+                 bar: Any, on_batch: Callable[[EmbedReport], None] | None, started: float) -> None:
+    """Encode each rendered group batch by batch, writing its block after every batch: the only
+    place features reach the store."""
+    buffers: dict[tuple[int, int], _BlockBuffer] = {}
+    batch_size = job.batch_size
+    for item in rendered:
+        group = item.group
+        rows, cols = group.block
+        key = (rows.start, cols.start)
+        if key not in buffers:
+            features, state = store.read_block(rows, cols)
+            buffers[key] = _BlockBuffer(features=np.array(features), state=np.array(state))
+        buffer = buffers[key]
+        local_r, local_c = group.rows - rows.start, group.cols - cols.start
+        image_index = np.cumsum(item.valid) - 1  # position of each valid cell among the images
+        for start in range(0, len(group.rows), batch_size):
+            cells = slice(start, start + batch_size)
+            valid = item.valid[cells]
+            r, c = local_r[cells], local_c[cells]
+            if valid.any():
+                picks = image_index[cells][valid]
+                images = item.images[int(picks[0]):int(picks[-1]) + 1]
+                buffer.features[r[valid], c[valid]] = encode_batch(job.model, images, job.zoom, job.device)
+                report.batches += 1
+            buffer.state[r, c] = np.where(valid, CellState.EMBEDDED, CellState.NO_IMAGERY)
+            store.write_block(rows, cols, buffer.features if valid.any() else None, buffer.state)
+            n_valid = int(valid.sum())
+            report.embedded += n_valid
+            report.missing += len(valid) - n_valid
+            report.seconds = time.perf_counter() - started
+            bar.update(len(valid))
+            if on_batch is not None:
+                on_batch(report)
+        if group.last_in_block:
+            del buffers[key]
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if needed) for the block.
+
+    Two embed runs writing the same store could interleave a block's features and states and
+    leave cells marked valid over another run's features; the second run fails fast instead.
+    The OS drops the lock when the process dies, so a crash never leaves a stale lock behind.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; running two embeds at once is on the user
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CacheError(f"another `soundmap embed` is writing {path.with_suffix('')}; wait for it to "
+                             "finish or use another --workspace") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+class _NullBar:
+    """Stands in for the progress bar when the caller asked for none."""
+
+    def update(self, n: int = 1) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _model_device(model: Any, wanted: Any) -> Any:
+    """The device the model's weights are on (moved there when the caller asked for another)."""
+    import torch
+
+    current = torch.device(getattr(model, "device", wanted))
+    if current.type != wanted.type:
+        model.to(wanted)
+        return wanted
+    return current
+
+
+def _open_store(path: Path, job: _EmbedJob, dtype: str, overwrite: bool, chunk_cells: int) -> EmbeddingStore:
+    """The existing store (resume, after checking it was made the same way) or a new one."""
+    if path.exists() and not overwrite:
+        store = EmbeddingStore.open(path, writable=True)
+        store.require_identity(job.identity)
+        return store
+    dim = feature_dim(job.model, job.grid, job.zoom, job.device)
+    return EmbeddingStore.create(path, job.identity, rows=job.grid.rows, cols=job.grid.cols, feature_dim=dim,
+                                 dtype=dtype, chunk_cells=chunk_cells)

@@ -1,0 +1,33 @@
+"""Imagery tiles: sources (tiles.yaml), the SQLite tile cache, the parallel fetcher, cell rendering.
+
+Names are imported lazily so that importing one submodule (e.g. the cache inside a dask worker)
+does not pull in requests, rasterio or PIL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    "TileSource": "soundmap.tiles.sources:TileSource",
+    "load_sources": "soundmap.tiles.sources:load_sources",
+    "resolve_source": "soundmap.tiles.sources:resolve_source",
+    "TileCache": "soundmap.tiles.cache:TileCache",
+    "fetch_tiles": "soundmap.tiles.fetch:fetch_tiles",
+    "FetchReport": "soundmap.tiles.fetch:FetchReport",
+    "RetryPolicy": "soundmap.tiles.fetch:RetryPolicy",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'soundmap.tiles' has no attribute {name!r}")
+    import importlib
+
+    module_name, attr = target.split(":")
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value

@@ -1,0 +1,153 @@
+"""Distributed embedding on a real LocalCluster of 2 worker processes (loopback tile server, tiny
+model): the same Zarr contents as the single-process loop, one model load per worker, resources
+routing, and a worker killed in the middle of a block write."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from soundmap.distributed.cluster import loaded_models
+from soundmap.distributed.embed import embed_region_distributed
+from soundmap.store import CellState, embed_region, open_embedding_store
+from soundmap.workspace import Workspace
+from tests.fixtures.embed_workspace import EMBED_ZOOM as Z, TINY_MODEL, fetch_test_workspace
+from tests.fixtures.tileserver import TileServer
+
+from .faults import DieMidBlock, set_worker_resources
+
+#: Attributes that differ between any two stores by design (identity of the run, not content).
+RUN_ATTRS = {"store_id", "created"}
+
+
+def _twin_workspaces(server: TileServer, root: Path, stride: str | None = None) -> tuple[Path, Path]:
+    """One fetched workspace and an identical copy (the tile cache is shared)."""
+    single = fetch_test_workspace(server, root, stride=stride)
+    twin = root / "ws-cluster"
+    shutil.copytree(single, twin)
+    return single, twin
+
+
+def _assert_same_store(a_path: Path, b_path: Path) -> None:
+    a, b = open_embedding_store(a_path, Z), open_embedding_store(b_path, Z)
+    np.testing.assert_array_equal(np.asarray(a.state[:]), np.asarray(b.state[:]))
+    np.testing.assert_array_equal(np.asarray(a.features[:]), np.asarray(b.features[:]))
+    same = {k: v for k, v in a.attrs.items() if k not in RUN_ATTRS}
+    assert same == {k: v for k, v in b.attrs.items() if k not in RUN_ATTRS}
+    assert a.features.chunks == b.features.chunks
+
+
+def test_cluster_embed_writes_exactly_the_single_process_store(tile_server: TileServer, tmp_path: Path, tiny_model,
+                                                               cluster_client) -> None:
+    single, twin = _twin_workspaces(tile_server, tmp_path, stride="1280")
+    options = dict(batch_size=3, dtype="float32", chunk_cells=2)
+    reference = embed_region(single, Z, tiny_model, progress=False, **options)
+    before = cluster_client.run(loaded_models)
+    report = embed_region_distributed(twin, Z, TINY_MODEL, client=cluster_client, progress=False, device="cpu",
+                                      **options)
+    grid = Workspace.load(twin).grid(Z)
+    blocks = -(-grid.rows // 2) * -(-grid.cols // 2)
+    assert blocks >= 8, "the region must give each worker several blocks"
+    assert (report.embedded, report.missing) == (reference.embedded, 0) == (grid.rows * grid.cols, 0)
+    _assert_same_store(single, twin)
+
+    # each worker loaded the model at most once for all its blocks
+    after = cluster_client.run(loaded_models)
+    new_loads = {w: after[w][len(before.get(w, [])):] for w in after}
+    assert all(len(loads) <= 1 for loads in new_loads.values()), new_loads
+    assert 1 <= sum(len(loads) for loads in new_loads.values()) <= 2
+
+    # resume: everything is done, nothing is sent again
+    again = embed_region_distributed(twin, Z, TINY_MODEL, client=cluster_client, progress=False, **options)
+    assert (again.embedded, again.already_done) == (0, grid.rows * grid.cols)
+
+
+def test_cluster_embed_resumes_a_partial_store_like_one_machine(fetched_workspace: Path, tiny_model,
+                                                                cluster_client) -> None:
+    twin = fetched_workspace.parent / "ws-twin"
+    shutil.copytree(fetched_workspace, twin)
+    options = dict(batch_size=2, dtype="float32", chunk_cells=1)
+    embed_region(fetched_workspace, Z, tiny_model, progress=False, **options)
+    embed_region(twin, Z, tiny_model, progress=False, **options)
+    store = open_embedding_store(twin, Z)
+    store = type(store).open(store.path, writable=True)
+    store.state[0:1, 1:3] = CellState.PENDING  # two blocks "lost" by an interrupted run
+    report = embed_region_distributed(twin, Z, TINY_MODEL, client=cluster_client, progress=False, **options)
+    assert (report.embedded, report.already_done) == (2, 6)
+    _assert_same_store(fetched_workspace, twin)
+
+
+def test_encoder_tasks_run_only_on_workers_with_the_resources(fetched_workspace: Path, tiny_model,
+                                                              cluster_client) -> None:
+    """One worker declares GPU=1, the other nothing: every block is encoded and written on the
+    first; the CPU-only worker loads no model during the run (it only renders)."""
+    twin = fetched_workspace.parent / "ws-twin"
+    shutil.copytree(fetched_workspace, twin)
+    workers = sorted(cluster_client.scheduler_info()["workers"])
+    gpu_worker, cpu_worker = workers[0], workers[1]
+    cluster_client.run(set_worker_resources, GPU=1, workers=[gpu_worker])
+    try:
+        before = cluster_client.run(loaded_models)
+        results = []
+        report = embed_region_distributed(twin, Z, TINY_MODEL, client=cluster_client, progress=False, batch_size=2,
+                                          dtype="float32", chunk_cells=1, resources={"GPU": 1},
+                                          on_block=results.append)
+        after = cluster_client.run(loaded_models)
+    finally:
+        cluster_client.run(set_worker_resources, GPU=0, workers=[gpu_worker])
+    assert report.embedded == 8 and len(results) == 8
+    assert {r.worker for r in results} == {gpu_worker}
+    assert after[cpu_worker] == before[cpu_worker]
+    embed_region(fetched_workspace, Z, tiny_model, progress=False, batch_size=2, dtype="float32", chunk_cells=1)
+    _assert_same_store(fetched_workspace, twin)
+
+
+def test_a_worker_killed_mid_block_loses_only_that_block(fetched_workspace: Path, tiny_model, tmp_path: Path,
+                                                         cluster_client) -> None:
+    twin = fetched_workspace.parent / "ws-twin"
+    shutil.copytree(fetched_workspace, twin)
+    options = dict(batch_size=2, dtype="float32", chunk_cells=1)
+    embed_region(fetched_workspace, Z, tiny_model, progress=False, **options)
+    marker, journal = tmp_path / "killed", tmp_path / "journal.txt"
+    target = (1, 2)
+    plugin = DieMidBlock(target, str(marker), str(journal))
+    cluster_client.register_plugin(plugin)
+    try:
+        report = embed_region_distributed(twin, Z, TINY_MODEL, client=cluster_client, progress=False, **options)
+    finally:
+        cluster_client.unregister_worker_plugin(plugin.name)
+        cluster_client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
+    assert marker.exists(), "the fault was injected: a worker died after writing the features of one block"
+    writes = Counter(tuple(map(int, line.split()[:2])) for line in journal.read_text().splitlines())
+    grid = Workspace.load(twin).grid(Z)
+    assert writes == Counter({(r, c): 1 for r in range(grid.rows) for c in range(grid.cols)})
+    killed_pid = int(marker.read_text())
+    target_writers = [int(pid) for r, c, pid in (line.split() for line in journal.read_text().splitlines())
+                      if (int(r), int(c)) == target]
+    assert target_writers and killed_pid not in target_writers, "the lost block was redone by another process"
+    assert report.embedded == grid.rows * grid.cols and report.missing == 0
+    store = open_embedding_store(twin, Z)
+    assert store.valid_mask().all() and np.isfinite(np.asarray(store.features[:])).all()
+    _assert_same_store(fetched_workspace, twin)
+
+
+def test_block_tasks_fetch_the_tiles_the_cache_lacks(tile_server: TileServer, tmp_path: Path, tiny_model,
+                                                     cluster_client) -> None:
+    from soundmap.tiles.sources import resolve_source
+    from soundmap.workspace import plan_zoom
+    from tests.fixtures.embed_workspace import EMBED_BBOX
+
+    source = resolve_source("test-xyz", config_path=tile_server.write_tiles_yaml(tmp_path / "tiles.yaml"))
+    ws = Workspace.create(tmp_path / "ws", source=source, zooms=[Z], bbox=EMBED_BBOX)
+    ws.save()
+    plan = plan_zoom(ws, Z)
+    assert ws.tile_cache().missing(source.cache_key, plan.tiles) == plan.tiles, "nothing fetched beforehand"
+    report = embed_region_distributed(ws, Z, TINY_MODEL, client=cluster_client, progress=False, batch_size=2,
+                                      dtype="float32", chunk_cells=2, max_concurrent_downloads=4)
+    assert (report.embedded, report.missing) == (8, 0)
+    assert not ws.tile_cache().missing(source.cache_key, plan.tiles)
+    assert set(tile_server.tile_counts) == set(plan.tiles)
+    assert tile_server.max_in_flight <= 4

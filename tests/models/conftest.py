@@ -1,0 +1,92 @@
+"""Fixtures of the models tests: a loopback HTTP server for checkpoint downloads."""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+
+@dataclass
+class FileServer:
+    """Serves ``files`` (URL path → bytes) on 127.0.0.1 with ``Range: bytes=N-`` support.
+
+    ``cut_next`` makes the next N full-body responses stop after that many bytes (a dropped
+    connection); ``honour_range`` False answers every request with the whole file (200).
+    Every request is recorded as (path, Range header or None, status).
+    """
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    honour_range: bool = True
+    cut_after: int | None = None
+    cut_next: int = 0
+    requests: list[tuple[str, str | None, int]] = field(default_factory=list)
+    url: str = ""
+
+    def url_for(self, path: str) -> str:
+        return f"{self.url}/{path.lstrip('/')}"
+
+
+def _handler(owner: FileServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            data = owner.files.get(path)
+            range_header = self.headers.get("Range")
+            if data is None:
+                owner.requests.append((path, range_header, 404))
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            start = 0
+            match = re.fullmatch(r"bytes=(\d+)-", range_header or "")
+            if match and owner.honour_range:
+                start = int(match.group(1))
+                if start >= len(data):
+                    owner.requests.append((path, range_header, 416))
+                    self.send_response(416)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+            status = 206 if start else 200
+            body = data[start:]
+            owner.requests.append((path, range_header, status))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.end_headers()
+            if owner.cut_next > 0 and owner.cut_after is not None:
+                owner.cut_next -= 1
+                self.wfile.write(body[:owner.cut_after])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+    return Handler
+
+
+@pytest.fixture()
+def file_server():
+    owner = FileServer()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(owner))
+    server.daemon_threads = True
+    owner.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield owner
+    finally:
+        server.shutdown()
+        server.server_close()
