@@ -61,7 +61,7 @@ def start_cluster(workers: int, device: str) -> tuple[Any, Any]:
 
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SOUNDMAP_QUIET": "1"}
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None, silence_logs=50, env=env)
+                           dashboard_address="127.0.0.1:0", silence_logs=50, env=env)
     return cluster, Client(cluster)
 
 

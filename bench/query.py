@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> Figures:
     if args.child:
         child_main(args.child)
         return Figures("child")
+    import soundmap.query.engine  # noqa: F401  (import errors fail here, not after a long run)
+    import soundmap.query.plan  # noqa: F401
     from soundmap.store.pipeline import resolve_device
     from tests.fixtures.clap_files import write_clap_files
 
@@ -194,6 +196,8 @@ def main(argv: list[str] | None = None) -> Figures:
             figures.add(f"cells_per_s_{n}", cells / answer["seconds"])
             figures.add(f"peak_rss_gib_{n}", answer["peak_rss"] / GIB, "< 2")
             figures.add(f"_peak_rss_{n}", answer["peak_rss"])
+            print(f"# {cells} cells: {answer['seconds']:.1f} s, peak RSS {answer['peak_rss'] / GIB:.3f} GiB",
+                  flush=True)  # kept even if a later step fails
         store = write_synthetic_store(root / "ratio.zarr", model, ratio_cells)
         run_one(model, store.path, query_options(root / "warm.tif"))  # warm-up: first-call costs
         single_s, _ = timed(lambda: run_one(model, store.path, query_options(root / "one.tif")), device)

@@ -45,8 +45,8 @@ CALIBRATION_FETCH_TILES = 48
 #: fusion; measured once on the project's CPU machines (bench/query.py) rather than calibrated.
 QUERY_IO_S_PER_CELL_BAND = 4e-6
 #: Per query call, whatever the region: encoding the query texts/audio, planning, COG conversion
-#: and overviews of small outputs (~1.5 s on the project's CPU machines, bench/estimate.py).
-QUERY_FIXED_S = 1.5
+#: and overviews of small outputs (0.6–1.6 s on the project's CPU machines, bench/estimate.py).
+QUERY_FIXED_S = 1.0
 
 
 # ----------------------------------------------------------------------------- rates

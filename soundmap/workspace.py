@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .atomic import write_text_atomic
 from .errors import CacheError, InputError
+from .families import check_zoom
 from .paths import tile_cache_path, workspace_dir
 from .progress import info
 from .tiles.sources import TileSource
@@ -180,6 +181,7 @@ class Workspace:
         """The Grid of PSM zoom ``zoom`` (CacheError naming the recorded zooms if absent)."""
         from .geo.grid import Grid
 
+        check_zoom(zoom)  # a level that cannot exist is a typo, not a zoom still to fetch
         if zoom not in self.grids:
             have = ",".join(str(z) for z in self.zooms)
             raise CacheError(f"workspace {self.path} has zoom levels {have}, not {zoom}; run "

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,14 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.delenv("SOUNDMAP_WORKSPACE", raising=False)
     monkeypatch.delenv("SOUNDMAP_SCHEDULER", raising=False)
     os.environ.setdefault("SOUNDMAP_QUIET", "1")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private $XDG_CONFIG_HOME so that a developer's own tiles.yaml never changes a test."""
+    root = tmp_path_factory.mktemp("xdg-config")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(root))
+    return root
 
 
 # CLAP engineer: synthetic audio files and tiny CLAP tokenizer files.

@@ -11,9 +11,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import BBoxOpt, CacheDirOpt, DeviceOpt, QuietOpt, WorkspaceOpt, apply_quiet
+from .common import (BBoxOpt, CacheDirOpt, DeviceOpt, QuietOpt, TilesConfigOpt, WorkspaceOpt, apply_quiet, model_option,
+                     zoom_option)
 
-BGA_HELP = """Land-cover soundscape composite: Anthrophony, Biophony, Geophony per cell, from a land-cover map.
+BGA_HELP = """Land-cover soundscape composite (Anthrophony, Biophony, Geophony) per cell.
 
 Each cell gets the area-weighted mean of its land-cover classes' BGA weights over its footprint (table: soundmap/data/bga_worldcover.yaml, the cross-modal urban sensing study's weights mapped onto ESA WorldCover; --weights to override). Land cover: ESA WorldCover 10 m over HTTP (windows only, cached), or --landcover FILE with --class-map YAML.
 
@@ -37,8 +38,8 @@ ClassMapOpt = Annotated[Optional[Path], typer.Option("--class-map", help="YAML m
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="YAML class -> BGA weight table (default: the packaged WorldCover table).", show_default=False)]
 YearOpt = Annotated[int, typer.Option("--worldcover-year", help="WorldCover layer: 2021 (v200) or 2020 (v100).")]
 UrlOpt = Annotated[Optional[str], typer.Option("--worldcover-url", help="WorldCover bucket URL (default $SOUNDMAP_WORLDCOVER_URL or ESA's public bucket).", show_default=False)]
-ZoomOpt = Annotated[Optional[int], typer.Option("--zoom", help="PSM zoom level of the grid (default: the workspace's only zoom; 1 with --bbox alone).", show_default=False)]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Model name or directory (default: the workspace's / the models' default).", show_default=False)]
+ZoomOpt = zoom_option("the workspace's only zoom; 1 with --bbox alone")
+ModelOpt = model_option("the workspace's / the models' default")
 
 
 def bga_command(
@@ -64,11 +65,9 @@ def bga_command(
     source = landcover_source(landcover, year=worldcover_year, base_url=worldcover_url, cache_dir=cache_dir)
     paths = BGAPaths(out)
     ws = _workspace_or_none(workspace)
-    window_for_bbox = None
-    if bbox is not None and ws is not None:
-        from ..query.plan import window_for_bbox
-    grid = bga_grid(ws, bbox=bbox, zoom=zoom, family=family, stride=stride, learned=learned,
-                    window_for_bbox=window_for_bbox)
+    if texts:
+        _check_queryable(ws, zoom)
+    grid = bga_grid(ws, bbox=bbox, zoom=zoom, family=family, stride=stride, learned=learned)
     run = make_bga(grid, source, table, paths.out, mask=workspace_mask(ws, grid, zoom))
     for path in run.paths:
         typer.echo(str(path))
@@ -98,15 +97,22 @@ def _workspace_or_none(path: Optional[Path]):
     return None
 
 
-def _learned_from_queries(ws, texts: list[str], paths, *, zoom, bbox, model, device, cache_dir) -> Path:
-    """Score the three queries over the workspace embeddings with ``soundmap query``'s library."""
+def _check_queryable(ws, zoom: Optional[int]) -> None:
+    """``--compare QUERIES`` needs embeddings to score: say so before the land-cover work, not after."""
     from ..errors import CacheError
-    from ..query.plan import QueryOptions
-    from ..query.workflow import query_workspace
+    from ..query.workflow import choose_zoom
 
     if ws is None:
         raise CacheError("--compare with queries needs a workspace with embeddings (soundmap tiles fetch, "
                          "soundmap embed), or give --learned FILE")
+    choose_zoom(ws, zoom)
+
+
+def _learned_from_queries(ws, texts: list[str], paths, *, zoom, bbox, model, device, cache_dir) -> Path:
+    """Score the three queries over the workspace embeddings with ``soundmap query``'s library."""
+    from ..query.plan import QueryOptions
+    from ..query.workflow import query_workspace
+
     options = QueryOptions(out=paths.learned, texts=tuple(texts), zoom=zoom, bbox=bbox)
     query_workspace(ws, options, model=model, device=device, cache_dir=cache_dir)
     return paths.learned
@@ -125,7 +131,7 @@ def align_command(
     bga: Annotated[bool, typer.Option("--bga/--no-bga", help="Also correlate audio similarity with land-cover BGA similarity.")] = True,
     bga_raster: Annotated[Optional[Path], typer.Option("--bga-raster", help="Take each recording's BGA vector from the cell of this `soundmap bga` output instead of reading land cover.", show_default=False)] = None,
     landcover: LandcoverOpt = None, class_map: ClassMapOpt = None, weights: WeightsOpt = None,
-    worldcover_year: YearOpt = 2021, worldcover_url: UrlOpt = None,
+    worldcover_year: YearOpt = 2021, worldcover_url: UrlOpt = None, tiles_config: TilesConfigOpt = None,
     cache_dir: CacheDirOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False,
 ) -> None:
     from ..ecology.align import AlignOptions, run_align
@@ -136,7 +142,7 @@ def align_command(
                            alternative=alternative, bga=bga, bga_raster=bga_raster, landcover=landcover,
                            class_map=class_map,
                            weights=weights, worldcover_year=worldcover_year, worldcover_url=worldcover_url,
-                           cache_dir=cache_dir, device=device)
+                           cache_dir=cache_dir, device=device, tiles_config=tiles_config)
     result = run_align(options)
     for path in result.paths:
         typer.echo(str(path))

@@ -11,14 +11,15 @@ import typer
 
 from ..errors import TileError
 from ..progress import info
-from .common import CacheDirOpt, DeviceOpt, QuietOpt, WorkspaceOpt, apply_quiet
+from .common import CacheDirOpt, DeviceOpt, QuietOpt, WorkspaceOpt, apply_quiet, model_option, zoom_levels_option
 
-ZoomOpt = Annotated[Optional[str], typer.Option("--zoom", help="PSM zoom levels, comma-separated (1, 3, 5) (default: the workspace's).", show_default=False)]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Installed model name or model directory (default: the installed PSM model of the imagery's family).", show_default=False)]
+ZoomOpt = zoom_levels_option("the workspace's")
+ModelOpt = model_option("the installed PSM model of the imagery's family")
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Cells per forward pass (default: 8 on CPU, 128 on CUDA).", show_default=False)]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Background threads rendering cells (default: 2 on CPU, all cores but one on CUDA).", show_default=False)]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Storage precision of the features: float16 or float32.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Discard embeddings made with another model, source or preprocessing and start again.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="Image encoder precision: auto (bf16 on CUDA, fp32 on CPU) or fp32 (the authors' evaluation, exact parity; slower on GPU).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +30,8 @@ def register(app: typer.Typer) -> None:
 def embed_command(
     zoom: ZoomOpt = None, model: ModelOpt = None, device: DeviceOpt = "auto", batch_size: BatchOpt = None,
     workers: WorkersOpt = None, dtype: DtypeOpt = "float16", overwrite: OverwriteOpt = False,
-    workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None, quiet: QuietOpt = False,
+    precision: PrecisionOpt = "auto", workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Embed every cell of the workspace's region with the image encoder (resumable)."""
     from ..families import parse_zooms
@@ -37,14 +39,15 @@ def embed_command(
     from ..workspace import Workspace
 
     apply_quiet(quiet)
-    check_embed_options(batch_size=batch_size, workers=workers, dtype=dtype)
+    check_embed_options(batch_size=batch_size, workers=workers, dtype=dtype, precision=precision)
     ws = Workspace.load(workspace)
     zooms = parse_zooms(zoom) if zoom is not None else list(ws.zooms)
     loaded = prepare_embedding(ws, zooms, model, device=device, cache_dir=cache_dir)
     missing: dict[int, int] = {}
     for level in zooms:
         report = embed_region(ws, level, loaded, batch_size=batch_size, device=device, workers=workers,
-                              progress=not quiet, overwrite=overwrite, dtype=dtype, cache_dir=cache_dir)
+                              progress=not quiet, overwrite=overwrite, dtype=dtype, cache_dir=cache_dir,
+                              precision=precision)
         info(report.summary())
         if report.missing:
             missing[level] = report.missing

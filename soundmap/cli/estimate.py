@@ -10,21 +10,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import CacheDirOpt, DeviceOpt, QuietOpt, apply_quiet
+from .common import (CacheDirOpt, DeviceOpt, DownloadWorkersOpt, QuietOpt, RequiredBBoxOpt, SourceOpt, StrideOpt,
+                     TilesConfigOpt, apply_quiet, zoom_levels_option)
 
-BBoxArg = Annotated[str, typer.Option("--bbox", help="west,south,east,north in EPSG:4326 degrees.")]
-ZoomOpt = Annotated[str, typer.Option("--zoom", help="PSM zoom levels, comma-separated (1, 3, 5).")]
-SourceOpt = Annotated[Optional[str], typer.Option("--source", help="Imagery source name from tiles.yaml or an XYZ template [default: the default source].", show_default=False)]
-StrideOpt = Annotated[Optional[float], typer.Option("--stride", help="Metres between cell centres (default: the cell footprint).", show_default=False)]
+ZoomOpt = zoom_levels_option("1")
 RatesOpt = Annotated[Optional[Path], typer.Option("--rates", help="JSON file of measured rates (see --save-rates) instead of calibrating here.", show_default=False)]
 SaveRatesOpt = Annotated[Optional[Path], typer.Option("--save-rates", help="Also write the rates used to this JSON file (e.g. to estimate for a GPU machine elsewhere).", show_default=False)]
 RecalibrateOpt = Annotated[bool, typer.Option("--recalibrate", help="Measure this machine's rates again instead of using the cached ones.")]
 BandwidthOpt = Annotated[float, typer.Option("--bandwidth-mbps", help="Assumed download bandwidth, Mbit/s.")]
 LatencyOpt = Annotated[float, typer.Option("--latency-ms", help="Assumed latency of one tile request, ms.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", help="Concurrent downloads (as `soundmap tiles fetch --workers`).")]
 QueriesOpt = Annotated[int, typer.Option("--queries", help="Queries per map (3 for an RGB composite).")]
 StepsOpt = Annotated[int, typer.Option("--steps", help="Metadata steps per query (24 for an hourly series).")]
-TilesConfigOpt = Annotated[Optional[Path], typer.Option("--tiles-config", help="Extra tiles.yaml merged over the packaged and user ones.", show_default=False)]
 
 
 def register(app: typer.Typer) -> None:
@@ -33,14 +29,16 @@ def register(app: typer.Typer) -> None:
 
 
 def estimate_command(
-    bbox: BBoxArg, zoom: ZoomOpt = "1", source: SourceOpt = None, device: DeviceOpt = "auto",
+    bbox: RequiredBBoxOpt, zoom: ZoomOpt = "1", source: SourceOpt = None, device: DeviceOpt = "auto",
     stride: StrideOpt = None, rates: RatesOpt = None, save_rates: SaveRatesOpt = None,
     recalibrate: RecalibrateOpt = False, bandwidth_mbps: BandwidthOpt = 50.0, latency_ms: LatencyOpt = 150.0,
-    workers: WorkersOpt = 16, queries: QueriesOpt = 1, steps: StepsOpt = 1, tiles_config: TilesConfigOpt = None,
+    workers: DownloadWorkersOpt = 16, queries: QueriesOpt = 1, steps: StepsOpt = 1, tiles_config: TilesConfigOpt = None,
     cache_dir: CacheDirOpt = None, quiet: QuietOpt = False,
 ) -> None:
-    """Estimate tiles, bytes, cells and hours to fetch, embed and query a region, from exact
-    counts and rates measured on this machine (calibrated once, then cached)."""
+    """Estimate the tiles, bytes, cells and hours a map of a region takes, before starting.
+
+    Counts are exact; rates are measured on this machine (calibrated once, then cached).
+    """
     from ..estimate import FetchAssumptions, estimate
     from ..families import parse_zooms
 

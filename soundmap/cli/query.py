@@ -12,9 +12,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import BBoxOpt, CacheDirOpt, DeviceOpt, QuietOpt, WorkspaceOpt, apply_quiet
+from .common import (BBoxOpt, CacheDirOpt, DeviceOpt, QuietOpt, RequiredBBoxOpt, SourceOpt, StrideOpt, TilesConfigOpt,
+                     WorkspaceOpt, apply_quiet, model_option, zoom_option)
 
-QUERY_HELP = """Score text and/or audio queries over a workspace's embeddings and write GeoTIFF heatmaps.
+QUERY_HELP = """Score text/audio queries over a workspace's embeddings into GeoTIFF heatmaps.
 
 Every --text and every --audio is one query (one band; higher = more likely heard). With --combine, the i-th --text is added to the i-th --audio as one query, as in the PSM paper (or one text/audio is combined with each of the other side).
 
@@ -23,6 +24,11 @@ Metadata: --month, --hour (repeatable or ranges: --hour 0-23 makes a 24-step ser
 --bbox W,S,E,N restricts the output to the cells touching that part of the workspace region. Fused image embeddings depend only on the cells and the metadata, so they are computed once per metadata setting for all queries of a call and kept in the workspace (<workspace>/fused, about 4 KB per cell and setting for PSM; --no-fused-cache skips it).
 
 Files, all next to --out (map.tif): map.tif raw scores; map_norm.tif (--normalize); map_rgb.tif (--rgb, three queries); map_uncertainty.tif (--uncertainty, PSM only: the L1 norm of sigma = exp(logvar/2) of the fused image embedding); map.png (--png); map.gif (--gif, series).
+"""
+
+MAP_HELP = """Fetch imagery, embed it and query it in one go (takes every option of `soundmap query`).
+
+Example: soundmap map --bbox W,S,E,N --text 'sound of insects' --hour 20 --out map.tif
 """
 
 TextOpt = Annotated[Optional[list[str]], typer.Option("--text", "-t", help="A text query (repeatable).", show_default=False)]
@@ -34,8 +40,10 @@ AudioSourceOpt = Annotated[Optional[str], typer.Option("--audio-source", help="y
 CaptionSourceOpt = Annotated[Optional[str], typer.Option("--caption-source", help="meta, qwen or pengi.", show_default=False)]
 LatlonOpt = Annotated[Optional[bool], typer.Option("--latlon/--no-latlon", help="Give the model each cell's centre lat/lon (default: on when the model takes it).", show_default=False)]
 ScoreOpt = Annotated[Optional[str], typer.Option("--score", help="csd or cosine (default: the model's).", show_default=False)]
-ZoomOpt = Annotated[Optional[int], typer.Option("--zoom", help="PSM zoom level (default: the single embedded one).", show_default=False)]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Model name or directory (default: the one that made the embeddings).", show_default=False)]
+ZoomOpt = zoom_option("the single embedded one")
+ModelOpt = model_option("the one that made the embeddings")
+MapZoomOpt = zoom_option("5 above ~100 km across, else 1")
+MapModelOpt = model_option("the PSM Sentinel model, offered for download on first use")
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output GeoTIFF (siblings get suffixes).")]
 NormalizeOpt = Annotated[Optional[str], typer.Option("--normalize", help="Also write a 0-1 version: minmax or percentile (2-98).", show_default=False)]
 RgbOpt = Annotated[bool, typer.Option("--rgb", help="RGB composite of exactly three queries.")]
@@ -48,9 +56,7 @@ FusedCacheOpt = Annotated[bool, typer.Option("--fused-cache/--no-fused-cache", h
 def register(app: typer.Typer) -> None:
     """Add ``query`` and ``map`` to the root app."""
     app.command("query", help=QUERY_HELP)(query_command)
-    app.command("map", help="Fetch imagery, embed it and query it in one go: "
-                            "soundmap map --bbox W,S,E,N --text 'sound of insects' --hour 20 --out map.tif. "
-                            "Takes every option of `soundmap query`.")(map_command)
+    app.command("map", help=MAP_HELP)(map_command)
 
 
 def _options(out: Path, text: Optional[list[str]], audio: Optional[list[Path]], combine: bool,
@@ -94,18 +100,15 @@ def query_command(
 
 
 def map_command(
-    bbox: Annotated[str, typer.Option("--bbox", help="west,south,east,north in EPSG:4326 degrees.")],
+    bbox: RequiredBBoxOpt,
     out: OutOpt = Path("soundmap.tif"), text: TextOpt = None, audio: AudioOpt = None, combine: CombineOpt = False,
     month: MonthOpt = None, hour: HourOpt = None, audio_source: AudioSourceOpt = None,
     caption_source: CaptionSourceOpt = None, latlon: LatlonOpt = None, score: ScoreOpt = None,
     normalize: NormalizeOpt = None, rgb: RgbOpt = False, uncertainty: UncertaintyOpt = False, png: PngOpt = False,
     gif: GifOpt = False,
-    zoom: Annotated[Optional[int], typer.Option("--zoom", help="PSM zoom level (default: 5 above ~100 km across, else 1).", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Model name or directory (default: the PSM Sentinel model, offered for download on first use).", show_default=False)] = None,
-    source: Annotated[str, typer.Option("--source", help="Imagery: a tiles.yaml name or an XYZ URL template.")] = "s2cloudless-2020",
-    stride: Annotated[Optional[float], typer.Option("--stride", help="Metres between cell centres (default: the cell footprint).", show_default=False)] = None,
+    zoom: MapZoomOpt = None, model: MapModelOpt = None, source: SourceOpt = "s2cloudless-2020", stride: StrideOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Download the default model and large tile sets without asking.")] = False,
-    fused_cache: FusedCacheOpt = True, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
+    tiles_config: TilesConfigOpt = None, fused_cache: FusedCacheOpt = True, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto", quiet: QuietOpt = False,
 ) -> None:
     from ..query.workflow import map_region
@@ -114,7 +117,8 @@ def map_command(
     options = _options(out, text, audio, combine, month, hour, audio_source, caption_source, latlon, score,
                        normalize, rgb, uncertainty, png, gif, zoom, None)
     result = map_region(bbox, options, source=source, zoom=zoom, model=model, workspace=workspace, yes=yes,
-                        confirm=_confirm, device=device, cache_dir=cache_dir, stride=stride, fused_cache=fused_cache)
+                        confirm=_confirm, device=device, cache_dir=cache_dir, stride=stride, fused_cache=fused_cache,
+                        tiles_config=tiles_config)
     _report(result)
 
 

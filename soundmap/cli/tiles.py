@@ -14,7 +14,8 @@ import typer
 
 from ..errors import InputError, TileError
 from ..progress import info
-from .common import BBoxOpt, CacheDirOpt, QuietOpt, WorkspaceOpt, apply_quiet
+from .common import (BBoxOpt, CacheDirOpt, DownloadWorkersOpt, QuietOpt, SourceOpt, StrideOpt, TilesConfigOpt,
+                     WorkspaceOpt, apply_quiet, zoom_levels_option)
 
 if TYPE_CHECKING:
     from ..workspace import Workspace, WorkspaceFetch
@@ -28,15 +29,11 @@ CONFIRM_ABOVE_TILES = 5000
 EXAMPLE_CELLS = 5
 
 AoiOpt = Annotated[Optional[Path], typer.Option("--aoi", help="Area of interest: any vector file (GeoPackage, GeoJSON, Shapefile...).", show_default=False)]
-SourceOpt = Annotated[Optional[str], typer.Option("--source", help="A source name from tiles.yaml, an XYZ URL template (https://host/{z}/{x}/{y}.jpg) or a raster file.", show_default=False)]
 FamilyOpt = Annotated[Optional[str], typer.Option("--family", help="Model family the imagery suits: sentinel, bing or googleEarth (default: the source's).", show_default=False)]
-ZoomOpt = Annotated[Optional[str], typer.Option("--zoom", help="PSM zoom levels, comma-separated from 1, 3, 5 (default 1, or the workspace's).", show_default=False)]
-StrideOpt = Annotated[Optional[float], typer.Option("--stride", help="Metres between cell centres (default: the cell footprint).", show_default=False)]
+ZoomOpt = zoom_levels_option("the workspace's, else 1")
 CrsOpt = Annotated[Optional[str], typer.Option("--crs", help="Projected CRS of the grid, e.g. EPSG:32633 (default: equal-area LAEA centred on the region).", show_default=False)]
-WorkersOpt = Annotated[int, typer.Option("--workers", help="Parallel downloads.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Only print how many tiles and bytes the fetch needs.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before a large download.")]
-TilesConfigOpt = Annotated[Optional[Path], typer.Option("--tiles-config", help="Extra tiles.yaml merged over the packaged and user ones.", show_default=False)]
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +44,7 @@ def register(app: typer.Typer) -> None:
 @tiles_app.command("fetch")
 def fetch_command(
     bbox: BBoxOpt = None, aoi: AoiOpt = None, source: SourceOpt = None, family: FamilyOpt = None,
-    zoom: ZoomOpt = None, stride: StrideOpt = None, crs: CrsOpt = None, workers: WorkersOpt = 16,
+    zoom: ZoomOpt = None, stride: StrideOpt = None, crs: CrsOpt = None, workers: DownloadWorkersOpt = 16,
     dry_run: DryRunOpt = False, yes: YesOpt = False, tiles_config: TilesConfigOpt = None,
     workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None, quiet: QuietOpt = False,
 ) -> None:

@@ -57,6 +57,7 @@ def train_command(
     vib_beta: Annotated[float, typer.Option("--vib-beta")] = 1e-4,
     pseudo_alpha: Annotated[float, typer.Option("--pseudo-alpha")] = 0.1,
     text_weight: Annotated[float, typer.Option("--text-weight", help="Weight of the text pairs: (1-w)·L_ia + w·(L_it + L_at).")] = 0.5,
+    pair_weighting: Annotated[str, typer.Option("--pair-weighting", help="How the pair losses combine: geosound ((1-w)·L_ia + w·(L_it + L_at)), mean ((L_ia + L_it + L_at)/3, SoundingEarth) or auto (geosound: what the released checkpoints were trained with).")] = "auto",
     meta_droprate: Annotated[float, typer.Option("--meta-droprate")] = 0.5,
     zooms: Annotated[str, typer.Option("--zooms", help="Zoom levels sampled during training.")] = "1,3,5",
     freeze_clap: Annotated[bool, typer.Option("--freeze-clap/--finetune-clap", help="Freeze the CLAP audio/text towers (heads still train).")] = False,
@@ -79,7 +80,7 @@ def train_command(
     config = TrainConfig(
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
         weight_decay=weight_decay, warmup_steps=warmup, schedule=schedule, loss=loss, vib_beta=vib_beta,
-        pseudo_alpha=pseudo_alpha, text_weight=text_weight, meta_droprate=meta_droprate,
+        pseudo_alpha=pseudo_alpha, text_weight=text_weight, pair_weighting=pair_weighting, meta_droprate=meta_droprate,
         zooms=tuple(parse_zooms(zooms)), freeze_clap=freeze_clap, use_text=not no_text, amp=amp, seed=seed,
         checkpoint_every=checkpoint_every, val_every=val_every, log_every=log_every)
     comps = _components(metadata)
@@ -140,7 +141,10 @@ def split_command(
     test_size: Annotated[Optional[int], typer.Option("--test-size", help="Subsample test likewise.", show_default=False)] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Spatial train/val/test split: whole cells go to one split, so no test location shares a cell with training."""
+    """Split a manifest into train/val/test by whole spatial cells.
+
+    Every cell goes to one split, so no test location shares a cell with training.
+    """
     from ..train.run import split_manifest
 
     apply_quiet(quiet)

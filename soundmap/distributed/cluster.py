@@ -108,7 +108,7 @@ def connect(spec: SchedulerSpec) -> Iterator[Any]:
         threads = _torch_threads(int(spec.local_workers or 1))
         env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "SOUNDMAP_QUIET": "1"}
         with LocalCluster(n_workers=spec.local_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None, resources=dict(spec.resources) or None, env=env,
+                          dashboard_address="127.0.0.1:0", resources=dict(spec.resources) or None, env=env,
                           silence_logs=50) as cluster, Client(cluster) as client:
             yield client
         return

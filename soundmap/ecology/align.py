@@ -184,6 +184,7 @@ class AlignOptions:
     worldcover_url: str | None = None
     cache_dir: Path | None = None
     device: str = "auto"
+    tiles_config: Path | None = None
 
 
 @dataclass
@@ -219,6 +220,10 @@ def check_options(options: AlignOptions) -> None:
         raise InputError(f"--bga-raster {options.bga_raster} does not exist; write one with `soundmap bga`")
     if options.out.suffix.lower() != ".json":
         raise InputError(f"--out {options.out} must be a .json file (the figure is written beside it)")
+    if options.source is not None:  # a typo in --source fails before the recordings are embedded
+        from ..tiles.sources import resolve_source
+
+        resolve_source(options.source, config_path=options.tiles_config)
 
 
 def run_align(options: AlignOptions, *, model: Any = None) -> AlignResult:
@@ -383,7 +388,7 @@ class PlaceRenderer:
         from ..tiles.fetch import fetch_tiles
         from ..tiles.sources import resolve_source
 
-        self.source = resolve_source(options.source, family=family)
+        self.source = resolve_source(options.source, family=family, config_path=options.tiles_config)
         self.grids = [point_grid(float(lon), float(lat), options.zoom, family)
                       for lon, lat in zip(manifest.lon, manifest.lat)]
         self.cache = TileCache(tile_cache_path(options.cache_dir)) if self.source.kind != "file" else None

@@ -246,16 +246,3 @@ def bga_means(weighted_sums: np.ndarray, valid_area: np.ndarray) -> np.ndarray:
     has = area > 1e-9
     out[:, has] = sums[:, has] / area[has]
     return np.clip(out, 0.0, 1.0)
-
-
-def to_uint8_rgb(bga: np.ndarray) -> np.ndarray:
-    """0–1 float bands (NaN = nodata) → uint8 ``1 + round(254 · v)``, with 0 reserved for nodata.
-
-    The same convention as the learned RGB composites of ``soundmap query`` (0 = nodata, 1..255 =
-    values), so both composites open alike in QGIS. A cell is nodata in every band or in none.
-    """
-    values = np.asarray(bga, dtype=np.float64)
-    out = np.zeros(values.shape, dtype=np.uint8)
-    finite = np.isfinite(values)
-    out[finite] = (1 + np.rint(np.clip(values[finite], 0.0, 1.0) * 254.0)).astype(np.uint8)
-    return out

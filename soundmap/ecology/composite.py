@@ -21,9 +21,9 @@ from rasterio.windows import Window
 
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import InputError
-from ..geo.grid import Grid
-from ..raster.cog import RasterGeometry, gdal_env, write_cog
-from .bga import BANDS, to_uint8_rgb
+from ..geo.grid import Grid, subgrid, window_for_bbox
+from ..raster.cog import RasterGeometry, gdal_env, to_uint8, write_cog
+from .bga import BANDS
 from .landcover import GridBGA
 from .stats import BandCorrelation, band_correlations
 
@@ -60,12 +60,6 @@ class BGAPaths:
         return self.sibling("_compare", ".png")
 
 
-def subgrid(grid: Grid, rows: slice, cols: slice) -> Grid:
-    """The part ``rows × cols`` of ``grid`` as a grid of its own (same CRS, stride and footprint)."""
-    return replace(grid, x0=grid.x0 + cols.start * grid.stride, y0=grid.y0 - rows.start * grid.stride,
-                   rows=rows.stop - rows.start, cols=cols.stop - cols.start)
-
-
 def grid_of_raster(path: str | os.PathLike, *, footprint: float | None = None, zoom: int = 1,
                    family: str = "sentinel") -> Grid:
     """The cell grid a north-up, square-pixel raster is drawn on (``--learned FILE``).
@@ -99,7 +93,7 @@ def write_bga_composite(grid: Grid, result: GridBGA, paths: BGAPaths, *, table_n
     values = np.asarray(result.values, dtype=np.float32)
     written = [write_cog(paths.out, iter([(window, values)]), geometry=geometry, count=3, dtype="float32",
                          nodata=float("nan"), tags=tags, band_descriptions=BAND_TITLES, band_tags=band_tags)]
-    written.append(write_cog(paths.rgb, iter([(window, to_uint8_rgb(values))]), geometry=geometry, count=3,
+    written.append(write_cog(paths.rgb, iter([(window, to_uint8(values))]), geometry=geometry, count=3,
                              dtype="uint8", nodata=0, tags={**tags, "scale": "1 + 254 * value; 0 = nodata"},
                              band_descriptions=BAND_TITLES, band_tags=band_tags))
     return written
@@ -309,13 +303,14 @@ def check_compare_request(compare: bool, queries: list[str], learned: str | os.P
 
 
 def bga_grid(workspace: Any, *, bbox: str | None, zoom: int | None, family: str, stride: float | None,
-             learned: str | os.PathLike | None, window_for_bbox: Any = None) -> Grid:
+             learned: str | os.PathLike | None) -> Grid:
     """The grid of the composite, so that it matches the rasters it will be compared with.
 
     * ``--learned FILE``: the grid the file is drawn on (with the workspace's footprint when the file
       shares the workspace grid's CRS and stride, i.e. it came from ``soundmap query``);
     * a workspace: its grid at ``zoom`` — the one ``soundmap query`` writes on — cut to ``--bbox``
-      with the query's own ``window_for_bbox`` so both outputs have the same transform;
+      with :func:`~soundmap.geo.grid.window_for_bbox`, as ``soundmap query --bbox`` is, so both
+      outputs have the same transform;
     * no workspace: a fresh grid over ``--bbox`` (``make_grid``, as ``soundmap map`` would make).
     """
     from ..geo.bbox import parse_bbox
@@ -332,7 +327,7 @@ def bga_grid(workspace: Any, *, bbox: str | None, zoom: int | None, family: str,
         return drawn
     if workspace is not None:
         grid = workspace_grid(workspace, zoom)
-        if bbox is not None and window_for_bbox is not None:
+        if bbox is not None:
             rows, cols = window_for_bbox(grid, parse_bbox(bbox))
             grid = subgrid(grid, rows, cols)
         return grid

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -253,6 +253,32 @@ def check_footprints(grid: Grid, tolerance: float = FOOTPRINT_TOLERANCE, *, user
                          f"(limit {100 * tolerance:g} %); drop --crs to use an equal-area grid centred on the bbox")
     raise InputError(f"bbox too large for one grid: cell footprints would be off by up to {shown} % on the "
                      f"ground (limit {100 * tolerance:g} %); split it so no corner is over ~3900 km from its centre")
+
+
+def window_for_bbox(grid: Grid, bbox: BBox) -> tuple[slice, slice]:
+    """Rows and columns of the cells of ``grid`` whose pixels intersect ``bbox`` (EPSG:4326).
+
+    Every output cut to a ``--bbox`` (query heatmaps, BGA composites) takes its window from here,
+    so that they share one transform and can be compared pixel for pixel. The bbox outline is
+    projected densified (its parallels curve in the grid CRS) and every cell whose pixel touches
+    it is kept: the window covers the bbox.
+    """
+    minx, miny, maxx, maxy = bbox_extent_in_crs(bbox, grid.crs)
+    stride = grid.stride
+    col0 = max(0, math.floor((minx - grid.x0) / stride))
+    col1 = min(grid.cols, math.ceil((maxx - grid.x0) / stride))
+    row0 = max(0, math.floor((grid.y0 - maxy) / stride))
+    row1 = min(grid.rows, math.ceil((grid.y0 - miny) / stride))
+    if col1 <= col0 or row1 <= row0:
+        raise InputError("--bbox does not overlap the workspace region; check its W,S,E,N order")
+    return slice(row0, row1), slice(col0, col1)
+
+
+def subgrid(grid: Grid, rows: slice, cols: slice) -> Grid:
+    """The part ``rows × cols`` of ``grid`` (e.g. a :func:`window_for_bbox`) as a grid of its own:
+    same CRS, stride and footprint, so its cells are the very cells of ``grid``."""
+    return replace(grid, x0=grid.x0 + cols.start * grid.stride, y0=grid.y0 - rows.start * grid.stride,
+                   rows=rows.stop - rows.start, cols=cols.stop - cols.start)
 
 
 def aoi_mask(grid: Grid, geometry_wgs84: Any) -> np.ndarray:

@@ -34,10 +34,7 @@ from transformers import (
     ClapTextModelWithProjection,
 )
 
-from soundmap.models.heads import MLPHead
-
-#: Initial bias of the variance head's last layer (the reference starts log σ² at −4).
-STD_HEAD_BIAS_INIT = -4.0
+from soundmap.models.heads import MLPHead, init_std_head_biases
 
 
 def full_audio_config() -> dict[str, Any]:
@@ -155,7 +152,7 @@ class _ClapBranch(nn.Module):
         if probabilistic:
             self.mean_head = MLPHead(dim, dim)
             self.std_head = MLPHead(dim, dim)
-            nn.init.constant_(self.std_head.linear2.bias, STD_HEAD_BIAS_INIT)
+            init_std_head_biases(self.std_head)  # both biases −4, as the reference
         else:
             self.head = MLPHead(dim, dim)
 

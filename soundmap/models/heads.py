@@ -22,19 +22,31 @@ class MLPHead(nn.Module):
         return self.linear2(nn.functional.gelu(self.linear1(x)))
 
 
+#: Initial value of both biases of every variance head (the reference's ``fill_(-4)``).
+STD_HEAD_BIAS_INIT = -4.0
+
+
+def init_std_head_biases(head: MLPHead) -> None:
+    """Fill ``linear1.bias`` and ``linear2.bias`` of a variance head with −4, as the reference does
+    for the image and the CLAP heads (only matters when training starts from scratch)."""
+    nn.init.constant_(head.linear1.bias, STD_HEAD_BIAS_INIT)
+    nn.init.constant_(head.linear2.bias, STD_HEAD_BIAS_INIT)
+
+
 class ProbabilisticHeads(nn.Module):
     """``mean_head`` and ``std_head`` of PCME++ models.
 
     ``std_head`` outputs **log σ²** despite its name (the reference's naming is kept for the
-    state dict). Its final bias starts at −4 so that a freshly initialised model begins with
-    small variances, as the reference initialises it for training.
+    state dict). Both of its biases (``linear1`` and ``linear2``) start at −4 so that a freshly
+    initialised model begins with small variances, exactly as the reference initialises it for
+    training (``std_head.linear1.bias`` and ``.linear2.bias`` filled with −4).
     """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.mean_head = MLPHead(dim, dim)
         self.std_head = MLPHead(dim, dim)
-        nn.init.constant_(self.std_head.linear2.bias, -4.0)
+        init_std_head_biases(self.std_head)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the *unnormalised* mean and the log-variance."""

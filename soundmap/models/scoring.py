@@ -14,16 +14,22 @@ SCORE_METHODS: tuple[str, ...] = ("csd", "cosine")
 
 
 def closed_form_sampled_distance(mu_p: torch.Tensor, logvar_p: torch.Tensor,
-                                 mu_q: torch.Tensor, logvar_q: torch.Tensor) -> torch.Tensor:
+                                 mu_q: torch.Tensor, logvar_q: torch.Tensor,
+                                 precision: torch.dtype = torch.float32) -> torch.Tensor:
     """PCME++ closed-form sampled distance between every row of p (Q × D) and of q (N × D) → Q × N.
 
     ``d = ‖μp − μq‖² + Σ exp(vp) + Σ exp(vq) = 2 − 2 μp·μq + Σ exp(vp) + Σ exp(vq)`` with unit
     means μ and log-variances v. Computed from one matrix product and two row sums, so memory is
     Q × N, never Q × N × D.
+
+    ``precision=torch.float64`` reproduces the reference's evaluation (``compute_csd_sims`` with
+    ``to_double``): exp(v) in float32, then the dot products and the sums in float64. Retrieval
+    ranks need it — in float32 the Σ exp(v) terms (≈ 9 for σ² ≈ e⁻⁴) absorb dot-product
+    differences below ~1e-6 and turn them into ties. Maps keep the float32 default.
     """
-    var_p = logvar_p.float().exp().sum(dim=-1)
-    var_q = logvar_q.float().exp().sum(dim=-1)
-    dot = mu_p.float() @ mu_q.float().T
+    var_p = logvar_p.float().exp().to(precision).sum(dim=-1)
+    var_q = logvar_q.float().exp().to(precision).sum(dim=-1)
+    dot = mu_p.float().to(precision) @ mu_q.float().to(precision).T
     return 2.0 - 2.0 * dot + var_p[:, None] + var_q[None, :]
 
 
@@ -32,11 +38,13 @@ def cosine_similarity(mu_p: torch.Tensor, mu_q: torch.Tensor) -> torch.Tensor:
     return mu_p.float() @ mu_q.float().T
 
 
-def score(query: Embedding, cells: Embedding, method: str | None = None) -> torch.Tensor:
+def score(query: Embedding, cells: Embedding, method: str | None = None,
+          precision: torch.dtype = torch.float32) -> torch.Tensor:
     """``−CSD`` (``"csd"``) or cosine (``"cosine"``) of each query row against each cell.
 
     Returns (N,) for a 1-row query, (Q, N) otherwise. ``method`` None picks CSD when both sides
-    are probabilistic, else cosine.
+    are probabilistic, else cosine. ``precision`` applies to CSD only (float64 = the reference's
+    retrieval evaluation); cosine is float32 as the reference computes it.
     """
     if method is None:
         method = "csd" if query.probabilistic and cells.probabilistic else "cosine"
@@ -46,7 +54,8 @@ def score(query: Embedding, cells: Embedding, method: str | None = None) -> torc
     if method == "csd":
         if query.logvar is None or cells.logvar is None:
             raise InputError("csd needs probabilistic (PSM) embeddings; use --score cosine for GeoCLAP models")
-        scores = -closed_form_sampled_distance(query.mu, query.logvar, cells_mu, cells.logvar.to(query.mu.device))
+        scores = -closed_form_sampled_distance(query.mu, query.logvar, cells_mu, cells.logvar.to(query.mu.device),
+                                               precision=precision)
     else:
         scores = cosine_similarity(query.mu, cells_mu)
     return scores[0] if len(query) == 1 else scores

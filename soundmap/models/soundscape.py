@@ -10,7 +10,8 @@ Layout of the module tree (and of ``model.safetensors``):
 * ``criterion.{shift,negative_scale}`` (PSM) or ``criterion.tau`` (GeoCLAP) — training only.
 
 Inference runs under ``torch.inference_mode``, in fp32 on CPU (bf16 would be 7× slower on CPUs
-without bf16 units, performance.md) and with bf16 autocast for the image encoder on CUDA.
+without bf16 units, performance.md) and with bf16 autocast for the image encoder on CUDA, unless
+``model.precision = "fp32"`` (the authors evaluate in fp32: exact parity, slower on GPU).
 Training code uses the submodules directly (:meth:`forward_image` keeps autograd).
 """
 
@@ -76,8 +77,24 @@ def file_sha256(path: str | os.PathLike) -> str:
     return sha256_of(path)
 
 
+#: Image-encoder precision settings: ``auto`` = bf16 autocast on CUDA, fp32 on CPU; ``fp32`` =
+#: fp32 everywhere (the reference's evaluation, for exact parity).
+PRECISIONS = ("auto", "fp32")
+
+
+def check_precision(precision: str) -> str:
+    """The setting itself, or a one-line InputError naming the accepted values."""
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be auto or fp32, got {precision!r}")
+    return precision
+
+
 class SoundscapeModel(nn.Module):
-    """PSM (probabilistic, CSD) or GeoCLAP (deterministic, cosine) built from a :class:`ModelConfig`."""
+    """PSM (probabilistic, CSD) or GeoCLAP (deterministic, cosine) built from a :class:`ModelConfig`.
+
+    ``precision`` (``auto`` | ``fp32``) selects how :meth:`encode_image` runs on CUDA; see
+    :attr:`image_precision` for what it means on the current device.
+    """
 
     def __init__(self, config: ModelConfig, *, name: str = "", weights_sha256: str = "") -> None:
         super().__init__()
@@ -96,6 +113,7 @@ class SoundscapeModel(nn.Module):
         self.criterion = Criterion(config.variant)
         self._featurizer: Any = None
         self._tokenizer: Any = None
+        self.precision = "auto"
         self.eval()
 
     # -- facts ------------------------------------------------------------------------------------
@@ -123,14 +141,27 @@ class SoundscapeModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def set_precision(self, precision: str) -> SoundscapeModel:
+        """Choose the image encoder's precision (``auto`` or ``fp32``); returns the model."""
+        self.precision = check_precision(precision)
+        return self
+
+    @property
+    def image_precision(self) -> str:
+        """What :meth:`encode_image` computes in on the current device: ``bf16`` (``auto`` on
+        CUDA) or ``fp32`` (``fp32``, or any setting on CPU). Embedding stores record it."""
+        return "bf16" if self.precision == "auto" and self.device.type == "cuda" else "fp32"
+
     @contextlib.contextmanager
     def _image_autocast(self) -> Iterator[None]:
-        """bf16 autocast for the image encoder on CUDA only (CPU stays fp32)."""
-        if self.device.type == "cuda":
+        """bf16 autocast for the image encoder when :attr:`image_precision` is bf16; otherwise
+        autocast is switched off, so a caller's autocast cannot lower an fp32 request."""
+        if self.image_precision == "bf16":
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 yield
         else:
-            yield
+            with torch.autocast(self.device.type, enabled=False):
+                yield
 
     # -- image ------------------------------------------------------------------------------------
     def resolutions(self, zoom: int | Sequence[int], n: int) -> torch.Tensor:

@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..geo.grid import window_for_bbox
 from ..progress import progress
-from ..raster.cog import PendingOutputs, RasterGeometry, ScratchRaster, block_windows, gdal_env
+from ..raster.cog import PendingOutputs, RasterGeometry, ScratchRaster, block_windows, gdal_env, to_uint8
 from ..raster.preview import Panel, read_decimated, write_gif, write_png
 from .fused_cache import FusedCache, fused_cache_key, store_fingerprint
-from .normalize import PERCENTILE_DEFAULT, RunningRange, Scale, StreamingHistogram, sigma_l1, to_uint8
-from .plan import MetadataSetting, QueryPlan, QuerySpec, window_for_bbox
+from .normalize import PERCENTILE_DEFAULT, RunningRange, Scale, StreamingHistogram, sigma_l1
+from .plan import MetadataSetting, QueryPlan, QuerySpec
 
 FUSE_BATCH = 4096
 """Cells per fusion call (the fusion transformer's throughput flattens out around here on CPU)."""

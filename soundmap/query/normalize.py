@@ -114,15 +114,6 @@ class Scale:
         return f"{self.method} lo={self.low:.9g} hi={self.high:.9g}"
 
 
-def to_uint8(normalised: np.ndarray) -> np.ndarray:
-    """0–1 values to 1..255, with 0 reserved for nodata (NaN) so RGB composites keep a nodata value."""
-    normalised = np.asarray(normalised, dtype=np.float64)
-    out = np.zeros(normalised.shape, dtype=np.uint8)
-    finite = np.isfinite(normalised)
-    out[finite] = (1 + np.rint(np.clip(normalised[finite], 0.0, 1.0) * 254)).astype(np.uint8)
-    return out
-
-
 def sigma_l1(logvar: np.ndarray) -> np.ndarray:
     """‖σ‖₁ = Σ_d exp(log σ²_d / 2) over the last axis: the per-cell uncertainty map.
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..families import check_zoom
 
 AUDIO_SOURCES: tuple[str, ...] = ("yfcc", "iNat", "aporee", "freesound")
 """Audio-source vocabulary of the reference, in its index order (psm-reference, Metadata)."""
@@ -377,7 +377,8 @@ def make_plan(options: QueryOptions, model: Any = None) -> QueryPlan:
     method = check_score(options.score, probabilistic=probabilistic,
                          default=getattr(model, "default_score", "csd" if probabilistic else "cosine"))
     return QueryPlan(queries=tuple(queries), settings=tuple(settings), score=method, outputs=outputs,
-                     zoom=options.zoom, bbox=parse_region_bbox(options.bbox))
+                     zoom=check_zoom(int(options.zoom)) if options.zoom is not None else None,
+                     bbox=parse_region_bbox(options.bbox))
 
 
 def parse_region_bbox(bbox: Any) -> Any:
@@ -387,25 +388,3 @@ def parse_region_bbox(bbox: Any) -> Any:
     from ..geo.bbox import parse_bbox
 
     return parse_bbox(bbox)
-
-
-# ----------------------------------------------------------------------------- region
-def window_for_bbox(grid: Any, bbox: Any) -> tuple[slice, slice]:
-    """Rows and columns of the cells of ``grid`` whose pixels intersect ``bbox`` (EPSG:4326).
-
-    The bbox is projected to the grid's CRS (edges densified, so the curved sides of a lon/lat box
-    are covered), and every cell whose square touches it is kept: the output covers the bbox.
-    """
-    from pyproj import Transformer
-
-    transformer = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True)
-    minx, miny, maxx, maxy = transformer.transform_bounds(bbox.west, bbox.south, bbox.east, bbox.north,
-                                                         densify_pts=21)
-    stride = grid.stride
-    col0 = max(0, math.floor((minx - grid.x0) / stride))
-    col1 = min(grid.cols, math.ceil((maxx - grid.x0) / stride))
-    row0 = max(0, math.floor((grid.y0 - maxy) / stride))
-    row1 = min(grid.rows, math.ceil((grid.y0 - miny) / stride))
-    if col1 <= col0 or row1 <= row0:
-        raise InputError("--bbox does not overlap the workspace region; check its W,S,E,N order")
-    return slice(row0, row1), slice(col0, col1)

@@ -140,7 +140,7 @@ def map_region(bbox: Any, options: QueryOptions, *, source: str = MAP_DEFAULT_SO
                model: Any = None, workspace: str | os.PathLike | None = None, yes: bool = False,
                confirm: Callable[[str], bool] = lambda _: False, device: str = "auto",
                cache_dir: str | os.PathLike | None = None, stride: float | None = None,
-               fused_cache: bool = True) -> QueryResult:
+               fused_cache: bool = True, tiles_config: str | os.PathLike | None = None) -> QueryResult:
     """``soundmap map``: fetch the imagery of ``bbox``, embed it, and query it, in one go.
 
     The workspace defaults to a per-region directory under the cache, so that re-running a map of
@@ -153,7 +153,7 @@ def map_region(bbox: Any, options: QueryOptions, *, source: str = MAP_DEFAULT_SO
 
     box = parse_bbox(bbox) if isinstance(bbox, str) else bbox
     make_plan(options)
-    tile_source = resolve_source(source)
+    tile_source = resolve_source(source, config_path=tiles_config)
     zoom = int(zoom) if zoom is not None else default_map_zoom(box)
     loaded = ensure_map_model(model, tile_source.family, yes=yes, confirm=confirm, device=device, cache_dir=cache_dir)
     plan = make_plan(options, loaded)  # model-dependent checks before any download

@@ -70,6 +70,19 @@ class RasterGeometry:
         return min(west, east), min(south, north), max(west, east), max(south, north)
 
 
+def to_uint8(normalised: np.ndarray) -> np.ndarray:
+    """0–1 values (NaN = nodata) → uint8 ``1 + round(254 · v)``, with 0 reserved for nodata.
+
+    The one encoding of every uint8 output (the learned RGB composites of ``soundmap query``, the
+    BGA composites of ``soundmap bga``), so that all of them open alike in QGIS with nodata 0.
+    """
+    normalised = np.asarray(normalised, dtype=np.float64)
+    out = np.zeros(normalised.shape, dtype=np.uint8)
+    finite = np.isfinite(normalised)
+    out[finite] = (1 + np.rint(np.clip(normalised[finite], 0.0, 1.0) * 254)).astype(np.uint8)
+    return out
+
+
 def gdal_env(**options: Any) -> rasterio.Env:
     """A rasterio environment with GDAL's block cache capped (flat peak memory) and no PAM sidecars."""
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_PAM_ENABLED="NO", **options)

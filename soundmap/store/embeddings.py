@@ -57,6 +57,10 @@ class CellState(enum.IntEnum):
     OUTSIDE = 3      #: outside the workspace's area of interest; never embedded
 
 
+#: The precision of a store written before precisions were recorded: unknown, so never resumed.
+UNRECORDED_PRECISION = "unrecorded"
+
+
 @dataclass(frozen=True)
 class StoreIdentity:
     """Everything the stored features depend on: mixing two identities in one store is a bug.
@@ -73,11 +77,13 @@ class StoreIdentity:
     source_key: str
     zoom: int
     grid: Mapping[str, Any]
+    precision: str = "fp32"   #: what the image encoder computed in: fp32 or bf16
 
     def to_attrs(self) -> dict[str, Any]:
         """The JSON-safe attributes recording this identity."""
         return {
             "zoom": int(self.zoom),
+            "precision": self.precision,
             "model": {"name": self.model_name, "weights_sha256": self.weights_sha256,
                       "family": self.model_family},
             "preprocess_version": self.preprocess_version,
@@ -92,7 +98,8 @@ class StoreIdentity:
         return cls(model_name=model["name"], weights_sha256=model["weights_sha256"],
                    preprocess_version=attrs["preprocess_version"], model_family=model["family"],
                    source_name=source["name"], source_key=source["cache_key"],
-                   zoom=int(attrs["zoom"]), grid=attrs["grid"])
+                   zoom=int(attrs["zoom"]), grid=attrs["grid"],
+                   precision=str(attrs.get("precision", UNRECORDED_PRECISION)))
 
     def difference(self, other: StoreIdentity) -> str | None:
         """A short phrase naming the first way ``other`` differs from this identity, or None."""
@@ -105,6 +112,8 @@ class StoreIdentity:
             return f"imagery source {self.source_name}, not {other.source_name}"
         if self.zoom != other.zoom:
             return f"zoom {self.zoom}, not {other.zoom}"
+        if self.precision != other.precision:
+            return f"{self.precision} precision, not {other.precision} (--precision)"
         if _normalised(self.grid) != _normalised(other.grid):
             return "a different grid (the workspace region, stride or CRS changed)"
         return None

@@ -12,6 +12,8 @@ Shape of the loop, and why:
   at most the batch in flight, and a re-run skips every cell already marked embedded.
 - On GPU the encoder runs under bf16 (fp16 where bf16 is unsupported) autocast; on CPU it stays
   in fp32 (performance.md: CPU bf16 autocast is ~7x slower on CPUs without bf16 units).
+  ``precision="fp32"`` keeps the GPU in fp32 too (the authors' evaluation: exact parity). The
+  effective precision is part of the store identity, so fp32 and bf16 features never mix.
 """
 
 from __future__ import annotations
@@ -180,11 +182,12 @@ def default_model_name(family: str, *, cache_dir: str | os.PathLike | None = Non
                      "(see `soundmap models list --available`) or pass --model NAME")
 
 
-def encoder_autocast(device: Any) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (fp16 if the GPU has no bf16), nothing on CPU (fp32 is faster there)."""
+def encoder_autocast(device: Any, precision: str = "auto") -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA (fp16 if the GPU has no bf16), nothing on CPU (fp32 is faster there)
+    or when ``precision`` is ``fp32``."""
     import torch
 
-    if device.type != "cuda":
+    if device.type != "cuda" or precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
@@ -194,7 +197,7 @@ def encode_batch(model: Any, images: Any, zoom: int, device: Any) -> np.ndarray:
     """Pre-fusion features (n × D float32 numpy) of a uint8 n × H × W × 3 batch."""
     import torch
 
-    with torch.inference_mode(), encoder_autocast(device):
+    with torch.inference_mode(), encoder_autocast(device, getattr(model, "precision", "auto")):
         if images.device != device:
             images = images.to(device, non_blocking=True)
         features = model.encode_image(images, zoom)
@@ -206,7 +209,7 @@ def store_identity(model: Any, source: Any, grid: Any, zoom: int) -> StoreIdenti
     return StoreIdentity(model_name=str(model.name), weights_sha256=str(model.weights_sha256),
                          preprocess_version=str(model.preprocess_version), model_family=str(model.family),
                          source_name=str(source.name), source_key=str(source.cache_key), zoom=int(zoom),
-                         grid=grid.to_dict())
+                         grid=grid.to_dict(), precision=str(getattr(model, "image_precision", "fp32")))
 
 
 def feature_dim(model: Any, grid: Any, zoom: int, device: Any) -> int:
@@ -336,8 +339,12 @@ def check_tiles_fetched(workspace: Any, zoom: int, cache: Any) -> None:
 
 
 def check_embed_options(*, batch_size: int | None = None, workers: int | None = None,
-                        dtype: str = "float16") -> None:
+                        dtype: str = "float16", precision: str | None = None) -> None:
     """One-line InputErrors for option values no run can use (before any model is loaded)."""
+    if precision is not None:
+        from ..models.soundscape import check_precision
+
+        check_precision(precision)
     if batch_size is not None and batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if workers is not None and workers < 1:
@@ -366,7 +373,8 @@ def prepare_embedding(workspace: Any, zooms: Iterable[int], model: Any = None, *
 def embed_region(workspace: Any, zoom: int, model: Any = None, *, batch_size: int | None = None,
                  device: str | Any = "auto", workers: int | None = None, progress: bool = True,
                  overwrite: bool = False, dtype: str = "float16", cache_dir: str | os.PathLike | None = None,
-                 chunk_cells: int = CHUNK_CELLS, on_batch: Callable[[EmbedReport], None] | None = None) -> EmbedReport:
+                 chunk_cells: int = CHUNK_CELLS, on_batch: Callable[[EmbedReport], None] | None = None,
+                 precision: str | None = None) -> EmbedReport:
     """Embed every cell of ``workspace``'s grid at ``zoom`` into its embedding store.
 
     ``workspace`` is a :class:`~soundmap.workspace.Workspace` or its directory; ``model`` a loaded
@@ -375,9 +383,10 @@ def embed_region(workspace: Any, zoom: int, model: Any = None, *, batch_size: in
     (CacheError) one made differently unless ``overwrite``. Cells without imagery are marked and
     counted in the report (``report.missing``), not raised: the caller decides. ``chunk_cells``
     sets the chunk side of a *new* store. ``on_batch`` is called after each batch is written
-    (progress hooks, tests).
+    (progress hooks, tests). ``precision`` (``auto`` | ``fp32``) is set on the model (None keeps
+    the model's own, ``auto`` by default); the effective one (bf16 or fp32) is recorded in the store.
     """
-    check_embed_options(batch_size=batch_size, workers=workers, dtype=dtype)
+    check_embed_options(batch_size=batch_size, workers=workers, dtype=dtype, precision=precision)
     ws = _as_workspace(workspace)
     grid = ws.grid(zoom)
     source = ws.source()
@@ -386,6 +395,8 @@ def embed_region(workspace: Any, zoom: int, model: Any = None, *, batch_size: in
     target = resolve_device(device)
     model = resolve_model(model, family=source.family, device=target, cache_dir=cache_dir)
     target = _model_device(model, target)
+    if precision is not None and hasattr(model, "set_precision"):
+        model.set_precision(precision)
     batch_size = int(batch_size if batch_size is not None else DEFAULT_BATCH_SIZE.get(target.type, 8))
 
     job = _EmbedJob(workspace=ws, zoom=zoom, model=model, grid=grid, source=source, cache=cache, device=target,

@@ -6,7 +6,7 @@ does not pull in requests, rasterio or PIL.
 
 from __future__ import annotations
 
-from typing import Any
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "TileSource": "soundmap.tiles.sources:TileSource",
@@ -21,13 +21,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'soundmap.tiles' has no attribute {name!r}")
-    import importlib
-
-    module_name, attr = target.split(":")
-    value = getattr(importlib.import_module(module_name), attr)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import email.utils
 import io
+import itertools
 import queue
 import random
 import threading
@@ -340,6 +341,18 @@ def _check_hopeless(report: FetchReport, template: str, give_up_after: int) -> N
 _DONE = object()
 
 
+def _put_unless_stopped(tasks: "queue.Queue[Any]", item: Any, stop: threading.Event) -> bool:
+    """Put ``item`` on the bounded queue, waiting in short slices so that ``stop`` (Ctrl-C, a fatal
+    failure) is noticed while the queue is full; False when stopped before it went in."""
+    while not stop.is_set():
+        try:
+            tasks.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def _start_workers(todo: list[TileKey], workers: int, stop: threading.Event,
                    work: Callable[[TileKey], tuple[TileKey, bytes | None, str | None]]) -> "queue.Queue[Any]":
     """Run ``work`` over ``todo`` on daemon threads; results arrive on the returned queue.
@@ -352,22 +365,9 @@ def _start_workers(todo: list[TileKey], workers: int, stop: threading.Event,
     results: queue.Queue[Any] = queue.Queue()
 
     def feed() -> None:
-        for tile in todo:
-            while not stop.is_set():
-                try:
-                    tasks.put(tile, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if stop.is_set():
+        for item in itertools.chain(todo, itertools.repeat(_DONE, workers)):
+            if not _put_unless_stopped(tasks, item, stop):
                 break
-        for _ in range(workers):
-            while not stop.is_set():
-                try:
-                    tasks.put(_DONE, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
 
     def run() -> None:
         while not stop.is_set():

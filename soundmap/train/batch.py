@@ -3,11 +3,13 @@
 Per sample, in training (psm-reference "Image preprocessing", "Metadata and fusion"):
 a zoom level uniform in {1, 3, 5} (only 1 for googleEarth imagery, as the authors), the
 zoom-level image through RandomResizedCrop + flip + ImageNet normalisation, one of the stored mel
-draws at random, and each metadata component dropped independently with probability 0.5.
+draws at random; per batch, each metadata component masked in exactly ``int(0.5 × B)`` rows
+(the reference's ``create_mask``, see :func:`reference_drop_mask`).
 In evaluation: a fixed zoom, the models' eval transform, mel draw 0, the chosen components.
 
 Every random choice comes from a ``numpy.random.Generator`` derived from ``(seed, epoch,
-position in epoch)``, never from a global RNG, so a resumed run draws the same augmentations.
+position in epoch)`` (per sample, and per batch for the metadata masks), never from a global
+RNG, so a resumed run draws the same augmentations.
 """
 
 from __future__ import annotations
@@ -59,6 +61,27 @@ def sample_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, position, 0x5D])
 
 
+def batch_rng(seed: int, epoch: int, first_position: int) -> np.random.Generator:
+    """The generator of one batch's metadata masks, a pure function of its first sample's place."""
+    return np.random.default_rng([seed, epoch, first_position, 0xBA])
+
+
+def reference_drop_mask(valid: Sequence[bool] | np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Rows of one metadata component kept in a training batch (True = kept), as the reference.
+
+    Reproduces the authors' ``create_mask`` (models/metadata_encoder.py) rather than an
+    independent per-row coin: exactly ``int(rate × B)`` rows of the batch end up masked, and rows
+    already invalid (unknown value, e.g. Freesound's missing time of day) count towards that
+    number; only the shortfall is masked, chosen uniformly among the valid rows. If the invalid
+    rows already reach the target, the valid rows are all kept.
+    """
+    keep = np.asarray(valid, dtype=bool).copy()
+    shortfall = int(rate * len(keep)) - int((~keep).sum())
+    if shortfall > 0:
+        keep[rng.permutation(np.flatnonzero(keep))[:shortfall]] = False
+    return keep
+
+
 @dataclass
 class BatchBuilder:
     """Turns samples into a :class:`Batch` for a model of imagery ``family``.
@@ -66,7 +89,8 @@ class BatchBuilder:
     ``featurizer``/``tokenizer`` are the CLAP engineer's :class:`AudioFeaturizer` and
     :class:`TextTokenizer` (only needed when samples carry raw audio / captions).
     ``metadata_components`` are the model's components; ``keep_components`` (evaluation) those
-    given to the model — the rest are dropped for every row.
+    given to the model — the rest are dropped for every row. In training, ``meta_droprate`` is the
+    fraction of each batch masked per component (:func:`reference_drop_mask`).
     """
 
     family: str
@@ -98,15 +122,20 @@ class BatchBuilder:
         return eval_pixels(image, self.input_size)
 
     # -- metadata --------------------------------------------------------------------------
-    def _metadata(self, samples: Sequence[TrainSample], rngs: Sequence[np.random.Generator]) -> Metadata:
-        values: dict[str, list] = {name: [] for name in ("lat", "lon", "month", "hour", "audio_source", "caption_source")}
+    def _metadata(self, samples: Sequence[TrainSample], rng: np.random.Generator | None = None) -> Metadata:
+        """Per-row metadata with the dropped components set to None; ``rng`` draws the training
+        masks (components in a fixed order, so the stream is stable)."""
+        values: dict[str, list] = {name: [getattr(s, name) for s in samples]
+                                   for name in ("lat", "lon", "month", "hour", "audio_source", "caption_source")}
         keep = set(self.metadata_components if self.keep_components is None else self.keep_components)
-        for sample, rng in zip(samples, rngs):
-            for component in ("audio_source", "caption_source", "latlon", "month", "hour"):
-                # one draw per component per sample, always in the same order (stable RNG stream)
-                dropped = bool(rng.random() < self.meta_droprate) if self.train else component not in keep
-                for name in METADATA_FIELDS[component]:
-                    values[name].append(None if dropped else getattr(sample, name))
+        for component, names in METADATA_FIELDS.items():
+            if self.train:
+                valid = [not any(_missing(getattr(s, n)) for n in names) for s in samples]
+                kept = reference_drop_mask(valid, self.meta_droprate, rng)
+            else:
+                kept = np.full(len(samples), component in keep)
+            for name in names:
+                values[name] = [v if k else None for v, k in zip(values[name], kept)]
         for name in ("lat", "lon", "month", "hour"):
             values[name] = [np.nan if v is None else float(v) for v in values[name]]
         kwargs = {name: (None if all(_missing(v) for v in vals) else vals) for name, vals in values.items()}
@@ -156,11 +185,16 @@ class BatchBuilder:
         return out["input_ids"], out["attention_mask"]
 
     # -- all together ----------------------------------------------------------------------
-    def build(self, samples: Sequence[TrainSample], rngs: Sequence[np.random.Generator]) -> Batch:
+    def build(self, samples: Sequence[TrainSample], rngs: Sequence[np.random.Generator],
+              metadata_rng: np.random.Generator | None = None) -> Batch:
+        """A batch; ``rngs`` are the samples' generators, ``metadata_rng`` the batch's mask
+        generator (training; default: spawned from the first sample's, which it leaves as is)."""
+        if self.train and metadata_rng is None:
+            metadata_rng = rngs[0].spawn(1)[0]
         zooms = [int(self.zooms[int(rng.integers(len(self.zooms)))]) if self.train else self.eval_zoom
                  for rng in rngs]
         pixels = torch.stack([self._pixels(s, z, rng) for s, z, rng in zip(samples, zooms, rngs)])
-        metadata = self._metadata(samples, rngs)
+        metadata = self._metadata(samples, metadata_rng)
         features, longer = self._audio(samples, rngs)
         ids = mask = None
         if self.use_text and any(s.has_text() for s in samples):

@@ -156,8 +156,11 @@ def evaluate_embeddings(image: Embedding, audio: Embedding, text: Embedding | No
     """I2A and A2I metrics from aligned embeddings (text, if given, is added to both queries)."""
     image_query = Embedding.combine(image, text) if text is not None else image
     audio_query = Embedding.combine(audio, text) if text is not None else audio
-    i2a = retrieval_metrics(score(image_query, audio, method), k=options.k, percent=options.percent)
-    a2i = retrieval_metrics(score(audio_query, image, method), k=options.k, percent=options.percent)
+    # CSD in float64 as the reference's compute_csd_sims (to_double); cosine stays float32 as theirs
+    i2a = retrieval_metrics(score(image_query, audio, method, precision=torch.float64), k=options.k,
+                            percent=options.percent)
+    a2i = retrieval_metrics(score(audio_query, image, method, precision=torch.float64), k=options.k,
+                            percent=options.percent)
     return i2a, a2i
 
 

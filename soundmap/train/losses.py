@@ -117,13 +117,18 @@ def infonce_pair_loss(mu_p: torch.Tensor, mu_q: torch.Tensor, *, logit_scale: to
 
 
 def combine_pair_losses(image_audio: torch.Tensor, image_text: torch.Tensor | None = None,
-                        audio_text: torch.Tensor | None = None, *, text_weight: float = 0.5) -> torch.Tensor:
-    """Total over the three pairs as the reference combines them for GeoSound.
+                        audio_text: torch.Tensor | None = None, *, text_weight: float = 0.5,
+                        mean_of_pairs: bool = False) -> torch.Tensor:
+    """Total over the three pairs as the reference combines them.
 
-    ``(1 − w)·L_ia + w·(L_it + L_at)`` with ``w = loss_text_weight`` (0.5 by default); without text,
-    just ``L_ia``.
+    GeoSound (default): ``(1 − w)·L_ia + w·(L_it + L_at)`` with ``w = loss_text_weight`` (0.5).
+    SoundingEarth (``mean_of_pairs=True``; the reference's engine.py branches on
+    ``dataset_type == "soundingEarth"``): ``(L_ia + L_it + L_at) / 3``, ignoring ``w``. Without
+    text, just ``L_ia``.
     """
     if image_text is None and audio_text is None:
         return image_audio
-    with_text = sum(t for t in (image_text, audio_text) if t is not None)
-    return (1 - text_weight) * image_audio + text_weight * with_text
+    text_terms = [t for t in (image_text, audio_text) if t is not None]
+    if mean_of_pairs:
+        return (image_audio + sum(text_terms)) / (1 + len(text_terms))
+    return (1 - text_weight) * image_audio + text_weight * sum(text_terms)

@@ -119,8 +119,9 @@ def sample_matching_mix(frame: pd.DataFrame, train_mix: pd.Series, size: int, so
                         rng: np.random.Generator) -> pd.Index:
     """Rows of ``frame`` (≤ ``size``) drawn so the source mix matches ``train_mix`` (fractions).
 
-    As the reference: each source gets ``floor(frac × size)`` rows (capped by availability); any
-    shortfall is filled from the remaining rows at random.
+    As the reference: each source gets ``floor(frac × size)`` rows (capped by availability). The
+    shortfall is then filled from the remaining rows at random; the reference instead adds it all
+    to iNat (``count_dict_updated['iNat'] += N − total``), which fails when iNat runs short.
     """
     chosen: list[pd.Index] = []
     for source, frac in train_mix.items():

@@ -21,7 +21,8 @@ Layout of the authors' shards (mvrl/PSM ``data_prep/create_webdataset.py`` and `
 =====================  =================================================================
 
 Quirks kept: ``is_longer`` is not stored and the authors feed ``True`` for every clip; Freesound
-clips have no hour. Caption files the authors join from outside the shards (Qwen/Pengi
+clips have no hour; dates are read as the authors' ``get_clean_date`` does
+(:func:`reference_month_hour`: a date without a time of day has hour 0). Caption files the authors join from outside the shards (Qwen/Pengi
 captions) are not part of the shards; the ``meta`` caption is used (caption source ``meta``).
 
 soundmap's own documented layout (for users writing shards) is also read, by these keys:
@@ -223,6 +224,36 @@ def parse_month_hour(value: Any) -> tuple[int | None, int | None]:
     return int(stamp.month), (int(stamp.hour) if has_time else None)
 
 
+def reference_month_hour(value: Any) -> tuple[int | None, int | None]:
+    """Month and hour of an authors'-shard date, as their ``get_clean_date`` reads it
+    (utilities/date_cleanup.py): lower-case, cut just after the first ``am``/``pm`` or just before
+    ``gmt`` (iNat's ``2021/10/31 3:11 PM EDT`` → ``2021/10/31 3:11 pm``), then dateutil's parser.
+
+    Quirk reproduced on purpose: dateutil fills a missing time with midnight, so a date without a
+    time of day (``2015-07-01``, SoundingEarth/aporee) gives hour **0, valid**. The caller still
+    drops the hour of Freesound samples (the reference never gives them a time). One difference:
+    a bare year (or number) gives no month here, where dateutil would take today's month.
+    Unparseable → (None, None).
+    """
+    from dateutil import parser as date_parser
+
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None, None
+    text = str(value).lower().strip()
+    if not text or re.fullmatch(r"\d{1,4}(\.0)?", text):
+        return None, None
+    if "am" in text or "pm" in text:
+        marker = "am" if "am" in text else "pm"
+        text = text[: text.find(marker) + 2].strip()
+    elif "gmt" in text:
+        text = text[: text.find("gmt")].strip()
+    try:
+        stamp = date_parser.parse(text)
+    except (ValueError, OverflowError, TypeError):
+        return None, None
+    return int(stamp.month), int(stamp.hour)
+
+
 def _opt_int(value: Any) -> int | None:
     try:
         if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -262,7 +293,8 @@ def decode_sample(raw: RawSample) -> TrainSample:
         sample.month, sample.hour = _opt_int(meta.get("month")), _opt_int(meta.get("hour"))
     else:
         date = next((meta[k] for k in ("datetime", "date", "date_recorded") if meta.get(k) is not None), None)
-        sample.month, sample.hour = parse_month_hour(date)
+        authors_layout = meta_item is not None and meta_item[0] == "meta.json"
+        sample.month, sample.hour = (reference_month_hour if authors_layout else parse_month_hour)(date)
     if source == "freesound":
         sample.hour = None  # reference: Freesound has no time of day
 

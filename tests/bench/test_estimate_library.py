@@ -19,7 +19,7 @@ BBOX = "10.0,50.0,10.3,50.15"
 def rates(**changes: object) -> Rates:
     values = dict(device="cpu", encoder_images_per_s=4.0, render_s_per_cell=0.05, render_threads=4,
                   fusion_cells_per_s=500.0, fetch_s_per_tile=0.01, query_io_s_per_cell_band=4e-6,
-                  query_fixed_s=1.5)
+                  query_fixed_s=1.0)
     values.update(changes)
     return Rates(**values)  # type: ignore[arg-type]
 
@@ -60,10 +60,10 @@ def test_embed_time_adds_render_on_cpu_and_overlaps_it_on_gpu() -> None:
 
 
 def test_query_time_is_one_fusion_per_step_shared_by_the_queries() -> None:
-    # 1.5 s fixed + 1000 cells × 24 steps / 500 = 48 s + 1000 × 3 queries × 24 steps × 4e-6 = 0.288 s
-    assert query_seconds(1000, rates(), queries=3, steps=24) == pytest.approx(49.788)
-    # 1.5 + 1000 / 500 + 1000 × 4e-6 = 3.504 s
-    assert query_seconds(1000, rates(), queries=1, steps=1) == pytest.approx(3.504)
+    # 1.0 s fixed + 1000 cells × 24 steps / 500 = 48 s + 1000 × 3 queries × 24 steps × 4e-6 = 0.288 s
+    assert query_seconds(1000, rates(), queries=3, steps=24) == pytest.approx(49.288)
+    # 1.0 + 1000 / 500 + 1000 × 4e-6 = 3.004 s
+    assert query_seconds(1000, rates(), queries=1, steps=1) == pytest.approx(3.004)
 
 
 def test_cli_prints_counts_and_hours_from_a_rates_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,7 +92,7 @@ def test_library_estimate_matches_the_formulas(tmp_path: Path) -> None:
     zoom = result.zooms[0]
     assert zoom.bytes == zoom.tiles * 20000  # s2cloudless: bytes_per_tile 20000 in tiles.yaml
     assert zoom.embed_s == pytest.approx(zoom.cells / 4.0 + zoom.cells * 0.05)
-    assert zoom.query_s == pytest.approx(1.5 + zoom.cells * 24 / 500 + zoom.cells * 72 * 4e-6)
+    assert zoom.query_s == pytest.approx(1.0 + zoom.cells * 24 / 500 + zoom.cells * 72 * 4e-6)
     assert zoom.fetch_s == pytest.approx(max(zoom.bytes * 8 / 100e6, zoom.tiles * 0.21 / 8, zoom.tiles * 0.01))
     assert result.total_s == pytest.approx(zoom.fetch_s + zoom.embed_s + zoom.query_s)
 

@@ -19,11 +19,6 @@ from tests.fixtures.embed_workspace import (EMBED_BBOX, EMBED_ZOOM, OTHER_TINY_M
 from tests.fixtures.tileserver import TileServer
 
 
-@pytest.fixture(autouse=True)
-def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
-
-
 def _embed(workspace: Path, *extra: str) -> int:
     return run(["embed", "--workspace", str(workspace), "--batch-size", "2", "--workers", "2", *extra])
 
@@ -36,7 +31,9 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_embed_fills_the_store_with_the_installed_psm_model(tile_server: TileServer, tmp_path: Path, tiny_model,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOUNDMAP_QUIET", raising=False)  # the summary line is checked below
     workspace = fetch_test_workspace(tile_server, tmp_path)
     capsys.readouterr()
     assert _embed(workspace, "--quiet") == 0

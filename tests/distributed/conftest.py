@@ -16,14 +16,16 @@ def start_cluster(workers: int = 2, **kwargs):  # type: ignore[no-untyped-def]
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None, silence_logs=50,
+                           dashboard_address="127.0.0.1:0", silence_logs=50,
                            env={"OMP_NUM_THREADS": "1", "SOUNDMAP_QUIET": "1"}, **kwargs)
     return cluster, Client(cluster)
 
 
 def _warm_up() -> None:
-    """Import what every task needs (torch, the model, the renderer, zarr) in a worker process."""
+    """Import what every task needs (torch, transformers for the model's CLAP branches, the
+    renderer, zarr) in a worker process: ~10 s on a busy 2-core machine, paid once per process."""
     import soundmap.distributed.embed  # noqa: F401
+    import soundmap.models.clap  # noqa: F401
     import soundmap.models.soundscape  # noqa: F401
     import soundmap.query.engine  # noqa: F401
     import soundmap.tiles.render  # noqa: F401
@@ -58,13 +60,13 @@ def fetched_workspace(tile_server: TileServer, tmp_path: Path) -> Path:
     return fetch_test_workspace(tile_server, tmp_path)
 
 
-SYNTHETIC_SHAPE = (40, 37)
-SYNTHETIC_CHUNK = 16
+SYNTHETIC_SHAPE = (20, 19)
+SYNTHETIC_CHUNK = 8
 
 
 @pytest.fixture
 def multi_chunk_store(tmp_path: Path, tiny_psm):  # type: ignore[no-untyped-def]
-    """A 40 × 37 store made by ``tiny_psm`` with chunks of 16 (3 × 3 blocks, ragged edges), random
+    """A 20 × 19 store made by ``tiny_psm`` with chunks of 8 (3 × 3 blocks, ragged edges), random
     features, scattered cells without imagery and one whole chunk without imagery."""
     from dataclasses import replace
 
@@ -82,7 +84,7 @@ def multi_chunk_store(tmp_path: Path, tiny_psm):  # type: ignore[no-untyped-def]
                                   feature_dim=512, dtype="float32", chunk_cells=SYNTHETIC_CHUNK)
     rng = np.random.default_rng(11)
     valid = rng.random((rows, cols)) > 0.15
-    valid[0:16, 16:32] = False
+    valid[0:8, 8:16] = False
     features = rng.normal(size=(rows, cols, 512)).astype(np.float32)
     for block_rows, block_cols in store.blocks():
         state = np.where(valid[block_rows, block_cols], CellState.EMBEDDED, CellState.NO_IMAGERY).astype(np.uint8)

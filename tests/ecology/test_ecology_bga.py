@@ -11,7 +11,7 @@ import pytest
 from affine import Affine
 
 from soundmap.errors import ConfigError, InputError
-from soundmap.ecology.bga import class_areas_in_rectangles, load_class_map, load_weights, to_uint8_rgb
+from soundmap.ecology.bga import class_areas_in_rectangles, load_class_map, load_weights
 from soundmap.ecology.landcover import LocalRasterSource, grid_bga, points_bga
 from soundmap.geo.grid import Grid
 
@@ -175,8 +175,3 @@ def test_float_landcover_is_refused(tmp_path: Path) -> None:
         dst.write(np.zeros((1, 2, 2), np.float32))
     with pytest.raises(InputError, match="integer class codes"):
         LocalRasterSource(path)
-
-
-def test_uint8_variant_reserves_zero_for_nodata() -> None:
-    got = to_uint8_rgb(np.array([0.0, 0.5, 1.0, np.nan]))
-    assert got.tolist() == [1, 128, 255, 0]

@@ -12,7 +12,7 @@ from pyproj import Geod, Transformer
 from soundmap.errors import InputError
 from soundmap.families import FAMILIES
 from soundmap.geo.bbox import BBox, parse_bbox
-from soundmap.geo.grid import Grid, make_grid
+from soundmap.geo.grid import Grid, make_grid, subgrid, window_for_bbox
 
 USA = parse_bbox("-125,24,-66,50")
 GEOD = Geod(ellps="WGS84")
@@ -145,3 +145,32 @@ def test_centers_lonlat_agree_with_the_transform() -> None:
     minx, miny, maxx, maxy = grid.cell_bounds(0, 0)
     assert (minx + maxx) / 2 == pytest.approx(cx[0]) and (miny + maxy) / 2 == pytest.approx(cy[0])
     assert grid.bounds[2] - grid.bounds[0] == pytest.approx(grid.cols * grid.stride)
+
+
+def test_bbox_window_covers_the_sub_bbox_and_is_clipped_to_the_grid() -> None:
+    region = BBox(13.0, 52.0, 13.6, 52.4)
+    grid = make_grid(region, "sentinel", 1)  # 2560 m cells, LAEA centred on the region
+    rows, cols = window_for_bbox(grid, BBox(13.2, 52.1, 13.4, 52.3))
+    assert 0 < rows.start < rows.stop < grid.rows and 0 < cols.start < cols.stop < grid.cols
+    # the window's cells cover the sub-bbox: its corners fall inside the window's pixels
+    from pyproj import Transformer
+
+    to_grid = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True)
+    for lon, lat in [(13.2, 52.1), (13.4, 52.3), (13.2, 52.3), (13.4, 52.1)]:
+        x, y = to_grid.transform(lon, lat)
+        col, row = ~grid.transform @ (x, y)
+        assert rows.start <= int(np.floor(row)) < rows.stop and cols.start <= int(np.floor(col)) < cols.stop
+    whole = window_for_bbox(grid, BBox(12.0, 51.0, 14.0, 53.0))
+    assert whole == (slice(0, grid.rows), slice(0, grid.cols))
+    with pytest.raises(InputError, match="does not overlap"):
+        window_for_bbox(grid, BBox(20.0, 40.0, 21.0, 41.0))
+
+
+def test_subgrid_cells_are_the_cells_of_the_whole_grid() -> None:
+    grid = make_grid(BBox(13.0, 52.0, 13.6, 52.4), "sentinel", 1)
+    part = subgrid(grid, slice(2, 5), slice(3, 7))
+    assert part.shape == (3, 4) and (part.crs, part.stride, part.footprint) == (grid.crs, grid.stride, grid.footprint)
+    px, py = part.centers_xy(np.array([0, 2]), np.array([0, 3]))
+    gx, gy = grid.centers_xy(np.array([2, 4]), np.array([3, 6]))
+    np.testing.assert_allclose(px, gx)
+    np.testing.assert_allclose(py, gy)

@@ -84,9 +84,22 @@ def test_outputs_are_the_heads_on_the_clap_projection_unnormalised(audio_batch, 
 
 
 def test_std_head_starts_at_minus_four():
-    for branch in (ClapAudioBranch(tiny_audio_config(), True), ClapTextBranch(tiny_text_config(), True)):
-        assert torch.equal(branch.std_head.linear2.bias, torch.full((512,), -4.0))
-        assert not torch.equal(branch.mean_head.linear2.bias, torch.full((512,), -4.0))
+    """The reference fills *both* std_head biases (linear1 and linear2) with −4, on the CLAP
+    branches and on the image heads."""
+    from soundmap.models.heads import ProbabilisticHeads
+
+    image_heads = ProbabilisticHeads(512)
+    for heads in (ClapAudioBranch(tiny_audio_config(), True), ClapTextBranch(tiny_text_config(), True), image_heads):
+        assert torch.equal(heads.std_head.linear1.bias, torch.full((512,), -4.0))
+        assert torch.equal(heads.std_head.linear2.bias, torch.full((512,), -4.0))
+        assert not torch.equal(heads.mean_head.linear2.bias, torch.full((512,), -4.0))
+    # hand value: with the hidden layer's weights zeroed, log σ² = W2·gelu(−4) − 4 for every input,
+    # gelu(−4) = −4·Φ(−4) = −4 × 3.1671242e-5 = −1.2668497e-4; with W2 = 1/512 everywhere → −4.00012668
+    with torch.no_grad():
+        image_heads.std_head.linear1.weight.zero_()
+        image_heads.std_head.linear2.weight.fill_(1.0 / 512)
+        _, logvar = image_heads(torch.randn(2, 512))
+    torch.testing.assert_close(logvar, torch.full((2, 512), -4.00012668), atol=1e-6, rtol=0)
 
 
 def test_state_dict_layout_matches_the_authors_prefixes():

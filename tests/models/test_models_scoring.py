@@ -68,3 +68,28 @@ def test_embedding_helpers() -> None:
     assert joined.to("cpu").logvar.shape == (2, 2)
     with pytest.raises(ValueError):
         Embedding.cat([e, Embedding.from_raw(torch.ones(1, 2))])
+
+
+def _near_tie() -> tuple[Embedding, Embedding]:
+    """Query e1 with σ² = 1 in 8 dims (Σσ² = 8) against a = e1 and b = (1 − 2⁻²⁴, s, 0, …), same σ².
+
+    By hand: d(q, a) = 2 − 2 + 8 + 8 = 16 and d(q, b) = 2 − 2(1 − 2⁻²⁴) + 16 = 16 + 2⁻²³. In float32
+    the 2⁻²³ is lost when 8 is added (ulp(8) = 2⁻²⁰), so a and b tie; float64 keeps them apart.
+    """
+    dim = 8
+    q = torch.zeros(1, dim)
+    q[0, 0] = 1.0
+    b0 = 1.0 - 2.0 ** -24
+    b = torch.zeros(1, dim)
+    b[0, 0], b[0, 1] = b0, math.sqrt(1.0 - b0 * b0)
+    gallery = torch.cat([q, b])
+    return Embedding(q, torch.zeros(1, dim), q), Embedding(gallery, torch.zeros(2, dim), gallery)
+
+
+def test_csd_float64_precision_separates_what_float32_ties() -> None:
+    query, gallery = _near_tie()
+    fp32 = score(query, gallery, "csd")
+    fp64 = score(query, gallery, "csd", precision=torch.float64)
+    assert fp32.dtype == torch.float32 and float(fp32[0]) == float(fp32[1]) == -16.0
+    assert fp64.dtype == torch.float64
+    assert float(fp64[0]) == -16.0 and float(fp64[1]) == -(16.0 + 2.0 ** -23)

@@ -82,6 +82,22 @@ def test_sinc_kernel_taps_match_the_formula_by_hand():
     assert width == 7 and kernel.shape == (160, 2 * 7 + 147)
 
 
+def test_float32_audio_is_resampled_with_a_float32_kernel_like_torchaudio():
+    """torchaudio builds the kernel in the waveform's dtype. At 44.1 → 48 kHz (o = 147, n = 160),
+    phase i = 104, tap m = 95: t = (95/147 − 104/160)·145.53 cancels catastrophically, so float32
+    arithmetic (each step rounded to float32, by hand: 95/147 = 0.6462585, 104/160 = 0.65,
+    t = −0.54449224) gives the tap 0.56154215, while exact arithmetic gives 0.5615319210.
+    Resampling a unit impulse at input sample 95 + 147 returns that tap at output 160 + 104."""
+    impulse = np.zeros(1000, dtype=np.float32)
+    impulse[95 + 147] = 1.0
+    tap = float(resample(impulse, 44_100, 48_000)[160 + 104])
+    assert tap == pytest.approx(0.56154215, abs=2e-7)
+    assert abs(tap - 0.5615319210282689) > 5e-6
+    kernel64, _ = sinc_resample_kernel(44_100, 48_000)  # float64 stays available (and exact)
+    assert kernel64.dtype == torch.float64 and kernel64[104, 95 + 7].item() == pytest.approx(0.5615319210282689,
+                                                                                              abs=1e-12)
+
+
 @pytest.mark.parametrize(
     ("n", "orig", "new", "expected"),
     [(1000, 16_000, 48_000, 3000), (44_100, 44_100, 48_000, 48_000), (1001, 44_100, 48_000, 1090),

@@ -16,8 +16,7 @@ from soundmap.preprocess.metadata import Metadata
 from soundmap.query.engine import fuse_block, run_query
 from soundmap.query.fused_cache import FusedCache, fused_cache_key, store_fingerprint
 from soundmap.query.plan import MetadataSetting, QueryOptions, make_plan
-
-from .conftest import EMPTY_BLOCK, SYNTHETIC_CHUNK
+from tests.fixtures.synthetic_store import EMPTY_BLOCK, SYNTHETIC_CHUNK
 
 
 def _expected(model, store, texts: list[str], hour: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Streaming normalisation, uint8 mapping and the uncertainty formula, against hand-computed values."""
+"""Streaming normalisation and the uncertainty formula, against hand-computed values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from soundmap.query.normalize import RunningRange, Scale, StreamingHistogram, sigma_l1, to_uint8
+from soundmap.query.normalize import RunningRange, Scale, StreamingHistogram, sigma_l1
 
 
 def test_running_range_ignores_nan_and_spans_all_windows() -> None:
@@ -47,12 +47,6 @@ def test_histogram_percentile_small_case_by_hand() -> None:
     histogram.update(np.arange(101, dtype=np.float64))
     assert abs(histogram.percentile(2.0) - 2.0) < 1e-2
     assert abs(histogram.percentile(98.0) - 98.0) < 1e-2
-
-
-def test_uint8_reserves_zero_for_nodata() -> None:
-    out = to_uint8(np.array([0.0, 0.5, 1.0, np.nan]))
-    # 1 + round(v * 254): 1, 128, 255; NaN -> 0
-    assert out.tolist() == [1, 128, 255, 0]
 
 
 def test_sigma_l1_is_the_sum_of_standard_deviations() -> None:

@@ -1,15 +1,12 @@
-"""Query planning: option parsing, metadata settings, query building, output checks, bbox windows."""
+"""Query planning: option parsing, metadata settings, query building, output checks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from soundmap.errors import InputError
-from soundmap.geo.bbox import BBox
-from soundmap.geo.grid import make_grid
 from soundmap.query.plan import (
     MetadataSetting,
     OutputPlan,
@@ -23,7 +20,6 @@ from soundmap.query.plan import (
     model_components,
     parse_hours,
     parse_months,
-    window_for_bbox,
 )
 
 ALL = frozenset({"audio_source", "caption_source", "latlon", "month", "hour"})
@@ -163,22 +159,3 @@ def test_plan_orders_bands_query_major() -> None:
     plan = make_plan(QueryOptions(out="m.tif", texts=("a", "b"), hours=("1-3",)))
     assert plan.band_count == 6
     assert [plan.band_index(q, s) for q in range(2) for s in range(3)] == [1, 2, 3, 4, 5, 6]
-
-
-def test_bbox_window_covers_the_sub_bbox_and_is_clipped_to_the_grid() -> None:
-    region = BBox(13.0, 52.0, 13.6, 52.4)
-    grid = make_grid(region, "sentinel", 1)  # 2560 m cells, LAEA centred on the region
-    rows, cols = window_for_bbox(grid, BBox(13.2, 52.1, 13.4, 52.3))
-    assert 0 < rows.start < rows.stop < grid.rows and 0 < cols.start < cols.stop < grid.cols
-    # the window's cells cover the sub-bbox: its corners fall inside the window's pixels
-    from pyproj import Transformer
-
-    to_grid = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True)
-    for lon, lat in [(13.2, 52.1), (13.4, 52.3), (13.2, 52.3), (13.4, 52.1)]:
-        x, y = to_grid.transform(lon, lat)
-        col, row = ~grid.transform @ (x, y)
-        assert rows.start <= int(np.floor(row)) < rows.stop and cols.start <= int(np.floor(col)) < cols.stop
-    whole = window_for_bbox(grid, BBox(12.0, 51.0, 14.0, 53.0))
-    assert whole == (slice(0, grid.rows), slice(0, grid.cols))
-    with pytest.raises(InputError, match="does not overlap"):
-        window_for_bbox(grid, BBox(20.0, 40.0, 21.0, 41.0))

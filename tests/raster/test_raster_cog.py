@@ -17,6 +17,7 @@ from soundmap.raster.cog import (
     block_windows,
     gdal_env,
     overview_count,
+    to_uint8,
     write_cog,
 )
 
@@ -97,6 +98,12 @@ def test_pending_outputs_appear_together_or_not_at_all(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["a.tif", "b.tif"]
     _check_is_cog(out / "a.tif")
     assert (out / "a.tif").stat().st_mode & 0o044  # readable by others, not a private temp file
+
+
+def test_uint8_encoding_reserves_zero_for_nodata() -> None:
+    out = to_uint8(np.array([0.0, 0.5, 1.0, np.nan]))
+    # 1 + round(v * 254): 1, 128, 255; NaN -> 0
+    assert out.tolist() == [1, 128, 255, 0]
 
 
 def test_uint8_cog_with_zero_nodata(tmp_path: Path) -> None:

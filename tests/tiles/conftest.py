@@ -1,4 +1,4 @@
-"""Fixtures of the tiles area: isolated config dirs, a tiles.yaml pointing at the loopback server,
+"""Fixtures of the tiles area: a tiles.yaml pointing at the loopback server,
 a temporary tile cache, and a retry policy that does not make tests wait."""
 
 from __future__ import annotations
@@ -10,14 +10,6 @@ import pytest
 from soundmap.tiles.cache import TileCache
 from soundmap.tiles.fetch import RetryPolicy
 from tests.fixtures.tileserver import TileServer
-
-
-@pytest.fixture(autouse=True)
-def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private $XDG_CONFIG_HOME so that a developer's own tiles.yaml never changes a test."""
-    root = tmp_path_factory.mktemp("xdg-config")
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(root))
-    return root
 
 
 @pytest.fixture

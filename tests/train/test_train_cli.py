@@ -37,13 +37,21 @@ def test_data_split_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "lat" in err and "Traceback" not in err
 
 
+def test_train_cli_rejects_unknown_pair_weighting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(["train", str(tmp_path / "m.csv"), "--name", "x", "--pair-weighting", "sum", "-q"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--pair-weighting" in err and "Traceback" not in err
+
+
 def test_train_then_evaluate_cli(synthetic_data, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = run(["train", str(synthetic_data.manifest), "--name", "tiny-cli", "--size", "tiny",
                 "--variant", "psm", "--max-steps", "2", "--batch-size", "2", "--freeze-clap",
                 "--checkpoint-every", "1", "--log-every", "1", "--output", str(tmp_path / "run"), "--clap-files",
-                str(synthetic_data.clap_files), "--device", "cpu", "--warmup", "1", "-q"])
+                str(synthetic_data.clap_files), "--device", "cpu", "--warmup", "1", "--pair-weighting", "mean", "-q"])
     assert code == 0, capsys.readouterr().err
     model_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["pair_weighting"] == "mean"
     assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
     assert (tmp_path / "run" / "checkpoints" / "step-00000002.pt").is_file()
     log = pd.read_csv(tmp_path / "run" / "metrics.csv")

@@ -93,3 +93,10 @@ def test_combine_pairs_text_weight() -> None:
     ia, it, at = torch.tensor(1.0), torch.tensor(2.0), torch.tensor(4.0)
     assert float(combine_pair_losses(ia, it, at, text_weight=0.5)) == 0.5 * 1 + 0.5 * 6
     assert float(combine_pair_losses(ia)) == 1.0
+
+
+def test_combine_pairs_soundingearth_is_the_plain_mean() -> None:
+    # reference engine.py, dataset_type soundingEarth: (1 + 2 + 4) / 3 = 7/3, text weight ignored
+    ia, it, at = torch.tensor(1.0), torch.tensor(2.0), torch.tensor(4.0)
+    assert float(combine_pair_losses(ia, it, at, text_weight=0.5, mean_of_pairs=True)) == pytest.approx(7 / 3)
+    assert float(combine_pair_losses(ia, mean_of_pairs=True)) == 1.0

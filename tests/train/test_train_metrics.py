@@ -63,3 +63,27 @@ def test_ten_percent_of_twenty_is_strict() -> None:
 def test_explicit_targets() -> None:
     scores = np.array([[0.1, 0.9], [0.3, 0.2]])
     assert ranks_of_matches(scores, targets=[1, 1]).tolist() == [1.0, 2.0]
+
+
+def test_evaluation_ranks_csd_in_float64_like_the_reference() -> None:
+    """compute_csd_sims(to_double=True): image e1's match (audio e1, d = 16) beats audio
+    b = (1 − 2⁻²⁴, s, 0…) (d = 16 + 2⁻²³) → rank 1, not the float32 tie's 1.5. Image 2 = e2 is
+    closer to b (d ≈ 18 − 2s) than to e1 (d = 18) → rank 1. So the I2A median rank is 1."""
+    import math
+
+    from soundmap.models.embedding import Embedding
+    from soundmap.train.evaluate import EvalOptions, evaluate_embeddings
+
+    dim = 8
+    e1, e2 = torch.zeros(dim), torch.zeros(dim)
+    e1[0], e2[1] = 1.0, 1.0
+    b = torch.zeros(dim)
+    b[0] = 1.0 - 2.0 ** -24
+    b[1] = math.sqrt(1.0 - float(b[0]) ** 2)
+    zeros = torch.zeros(2, dim)
+    images = torch.stack([e1, e2])
+    audios = torch.stack([e1, b])
+    i2a, a2i = evaluate_embeddings(Embedding(images, zeros, images), Embedding(audios, zeros, audios), None,
+                                   EvalOptions(k=2), "csd")
+    assert i2a.median_rank == 1.0
+    assert a2i.median_rank == 1.5  # audio e1 → rank 1; audio b is nearer image e1 than e2 → rank 2

@@ -81,7 +81,7 @@ def test_reads_authors_layout(tmp_path: Path) -> None:
     assert free.audio_source == "freesound" and free.month == 11 and free.hour is None  # no time for Freesound
     assert aporee.audio_source == "aporee"                                 # SoundingEarth: unprefixed keys
     assert aporee.caption == "A tram passes. ."                            # cut at "The location of the sound is"
-    assert (aporee.month, aporee.hour) == (7, None)                        # a date without a time has no hour
+    assert (aporee.month, aporee.hour) == (7, 0)          # reference (dateutil): a date alone is hour 0, valid
 
 
 def test_reads_soundmap_layout(tmp_path: Path) -> None:
@@ -147,6 +147,20 @@ def test_missing_and_corrupt_shards(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not a tar file at all" * 20)
     with pytest.raises(InputError):
         list(iter_raw_samples(bad))
+
+
+def test_authors_dates_read_as_reference(tmp_path: Path) -> None:
+    """get_clean_date + dateutil: date-only → hour 0 except Freesound (never an hour); iNat's
+    "3:11 PM EDT" cut after "pm" → 15; aporee's "1/29/09 10:28" is 24-hour."""
+    shard = tmp_path / "dates.tar"
+    dates = {"freesound-1": "June 26th, 2010", "yfcc-2": "2011-07-26", "iNat-3": "2021/10/31 3:11 PM EDT",
+             "aporee-4": "1/29/09 10:28", "yfcc-5": "not a date"}
+    with tarfile.open(shard, "w") as tar:
+        for key, date in dates.items():
+            _add(tar, f"{key}.meta.json", json.dumps({"latitude": 1.0, "longitude": 2.0, "date": date}).encode())
+    got = {s.key: (s.month, s.hour) for s in iter_shard_samples([shard])}
+    assert got == {"freesound-1": (6, None), "yfcc-2": (7, 0), "iNat-3": (10, 15), "aporee-4": (1, 10),
+                   "yfcc-5": (None, None)}
 
 
 def test_parse_month_hour() -> None:
