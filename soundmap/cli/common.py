@@ -15,6 +15,9 @@ CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or informational messages (also SOUNDMAP_QUIET=1).")]
 BBoxOpt = Annotated[Optional[str], typer.Option("--bbox", help="west,south,east,north in EPSG:4326 degrees.", show_default=False)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+# Scale-out (soundmap.distributed): where the work runs.
+SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="Run on a Dask cluster: a scheduler address (tcp://host:8786), or local:N for N worker processes on this machine (default: $SOUNDMAP_SCHEDULER; unset: this process).", show_default=False)]
+ResourcesOpt = Annotated[Optional[str], typer.Option("--resources", help="Dask worker resources the model tasks need, e.g. GPU=1: only workers started with them encode/fuse (with --scheduler).", show_default=False)]
 
 # Region and imagery: the same words in tiles, estimate, map and bga.
 RequiredBBoxOpt = Annotated[str, typer.Option("--bbox", help="west,south,east,north in EPSG:4326 degrees.", show_default=False)]

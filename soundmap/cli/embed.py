@@ -11,7 +11,8 @@ import typer
 
 from ..errors import TileError
 from ..progress import info
-from .common import CacheDirOpt, DeviceOpt, QuietOpt, WorkspaceOpt, apply_quiet, model_option, zoom_levels_option
+from .common import (CacheDirOpt, DeviceOpt, QuietOpt, ResourcesOpt, SchedulerOpt, WorkspaceOpt, apply_quiet,
+                     model_option, zoom_levels_option)
 
 ZoomOpt = zoom_levels_option("the workspace's")
 ModelOpt = model_option("the installed PSM model of the imagery's family")
@@ -31,26 +32,34 @@ def embed_command(
     zoom: ZoomOpt = None, model: ModelOpt = None, device: DeviceOpt = "auto", batch_size: BatchOpt = None,
     workers: WorkersOpt = None, dtype: DtypeOpt = "float16", overwrite: OverwriteOpt = False,
     precision: PrecisionOpt = "auto", workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
-    quiet: QuietOpt = False,
+    quiet: QuietOpt = False, scheduler: SchedulerOpt = None, resources: ResourcesOpt = None,
 ) -> None:
     """Embed every cell of the workspace's region with the image encoder (resumable)."""
+    from ..distributed.cluster import resolve_scheduler
+    from ..distributed.embed import embed_on_cluster
     from ..families import parse_zooms
     from ..store.pipeline import check_embed_options, embed_region, prepare_embedding
     from ..workspace import Workspace
 
     apply_quiet(quiet)
     check_embed_options(batch_size=batch_size, workers=workers, dtype=dtype, precision=precision)
+    cluster = resolve_scheduler(scheduler, resources)
     ws = Workspace.load(workspace)
     zooms = parse_zooms(zoom) if zoom is not None else list(ws.zooms)
-    loaded = prepare_embedding(ws, zooms, model, device=device, cache_dir=cache_dir)
+    if cluster is None:
+        loaded = prepare_embedding(ws, zooms, model, device=device, cache_dir=cache_dir)
+        reports = (embed_region(ws, level, loaded, batch_size=batch_size, device=device, workers=workers,
+                                progress=not quiet, overwrite=overwrite, dtype=dtype, cache_dir=cache_dir,
+                                precision=precision) for level in zooms)
+    else:
+        reports = embed_on_cluster(cluster, ws, zooms, model, batch_size=batch_size, device=device,
+                                   overwrite=overwrite, dtype=dtype, cache_dir=cache_dir, progress=not quiet,
+                                   precision=precision)
     missing: dict[int, int] = {}
-    for level in zooms:
-        report = embed_region(ws, level, loaded, batch_size=batch_size, device=device, workers=workers,
-                              progress=not quiet, overwrite=overwrite, dtype=dtype, cache_dir=cache_dir,
-                              precision=precision)
+    for report in reports:
         info(report.summary())
         if report.missing:
-            missing[level] = report.missing
+            missing[report.zoom] = report.missing
     if missing:
         counts = ", ".join(f"{n} at zoom {z}" for z, n in missing.items())
         raise TileError(f"{sum(missing.values())} cells have no imagery ({counts}); the rest is embedded: run "

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .common import ResourcesOpt, SchedulerOpt  # scale-out (soundmap.distributed)
 from .common import (BBoxOpt, CacheDirOpt, DeviceOpt, QuietOpt, RequiredBBoxOpt, SourceOpt, StrideOpt, TilesConfigOpt,
                      WorkspaceOpt, apply_quiet, model_option, zoom_option)
 
@@ -87,15 +88,24 @@ def query_command(
     normalize: NormalizeOpt = None, rgb: RgbOpt = False, uncertainty: UncertaintyOpt = False, png: PngOpt = False,
     gif: GifOpt = False, zoom: ZoomOpt = None, model: ModelOpt = None, bbox: BBoxOpt = None,
     fused_cache: FusedCacheOpt = True, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
-    device: DeviceOpt = "auto", quiet: QuietOpt = False,
+    device: DeviceOpt = "auto", quiet: QuietOpt = False, scheduler: SchedulerOpt = None,
+    resources: ResourcesOpt = None,
 ) -> None:
+    from ..distributed.cluster import resolve_scheduler
     from ..query.workflow import query_workspace
 
     apply_quiet(quiet)
+    cluster = resolve_scheduler(scheduler, resources)
     options = _options(out, text, audio, combine, month, hour, audio_source, caption_source, latlon, score,
                        normalize, rgb, uncertainty, png, gif, zoom, bbox)
-    result = query_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir,
-                             fused_cache=fused_cache)
+    if cluster is None:
+        result = query_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir,
+                                 fused_cache=fused_cache)
+    else:
+        from ..distributed.query import query_on_cluster
+
+        result = query_on_cluster(cluster, workspace, options, model=model, device=device, cache_dir=cache_dir,
+                                  fused_cache=fused_cache)
     _report(result)
 
 

@@ -14,6 +14,7 @@ import typer
 
 from ..errors import InputError, TileError
 from ..progress import info
+from .common import SchedulerOpt  # scale-out (soundmap.distributed)
 from .common import (BBoxOpt, CacheDirOpt, DownloadWorkersOpt, QuietOpt, SourceOpt, StrideOpt, TilesConfigOpt,
                      WorkspaceOpt, apply_quiet, zoom_levels_option)
 
@@ -47,17 +48,21 @@ def fetch_command(
     zoom: ZoomOpt = None, stride: StrideOpt = None, crs: CrsOpt = None, workers: DownloadWorkersOpt = 16,
     dry_run: DryRunOpt = False, yes: YesOpt = False, tiles_config: TilesConfigOpt = None,
     workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None, quiet: QuietOpt = False,
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Download the imagery a region needs into the tile cache and record the workspace.
 
     Options not given are taken from the existing workspace, so a bare `soundmap tiles fetch` retries the last fetch and downloads only what is still missing.
     """
+    from ..distributed.cluster import resolve_scheduler
+    from ..distributed.fetch import fetch_on_cluster
     from ..families import parse_zooms
     from ..workspace import estimate_download, fetch_workspace, plan_zoom, workspace_for_fetch
 
     apply_quiet(quiet)
     if not 1 <= workers <= 256:
         raise InputError(f"--workers must be between 1 and 256 (got {workers})")
+    cluster = resolve_scheduler(scheduler)
     ws = workspace_for_fetch(workspace, bbox=bbox, aoi=str(aoi) if aoi else None, source=source, family=family,
                              zooms=parse_zooms(zoom) if zoom is not None else None, stride=stride, crs=crs,
                              tiles_config=tiles_config)
@@ -81,7 +86,8 @@ def fetch_command(
         _confirm_large(estimate.to_fetch, estimate.bytes)
     ws.save()
     try:
-        result = fetch_workspace(ws, cache, plans, workers=workers)
+        result = (fetch_workspace(ws, cache, plans, workers=workers) if cluster is None
+                  else fetch_on_cluster(cluster, ws, cache, plans, max_concurrent=workers))
     except KeyboardInterrupt:
         typer.echo(f"soundmap: complete tiles are cached; `soundmap tiles fetch --workspace {ws.path}` resumes",
                    err=True)

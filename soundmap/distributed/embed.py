@@ -25,13 +25,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import TileError
+from ..errors import InputError, TileError
 from ..progress import progress as progress_bar
 from ..store.embeddings import CHUNK_CELLS, CellState, EmbeddingStore, embedding_store_path
 from ..store.pipeline import (EmbedReport, check_embed_options, count_cells, encode_batch, exclusive_lock,
@@ -56,6 +56,8 @@ class EmbedJob:
     batch_size: int
     fetch_missing: bool = True
     limit: GlobalRateLimit | None = None
+    precision: str = "auto"         #: the model's precision setting (``auto`` | ``fp32``)
+    image_precision: str = "fp32"   #: what every encoding worker must compute in (the store records it)
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ def encode_block(job: EmbedJob, rendered: RenderedBlock) -> BlockResult:
     if not len(rendered.cell_rows):
         return result
     model = worker_model(job.model)
+    _check_precision(model, job)
     device = torch.device(model.device)
     store = EmbeddingStore.open(job.store_path, writable=True)
     features, state = (np.array(a) for a in store.read_block(rows, cols))
@@ -192,6 +195,19 @@ def encode_block(job: EmbedJob, rendered: RenderedBlock) -> BlockResult:
     result.missing = int((~valid).sum())
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _check_precision(model: Any, job: EmbedJob) -> None:
+    """Set the run's precision on this worker's model, and refuse to write features computed in
+    another precision than the store records (a CPU worker in a run planned for GPU workers)."""
+    if hasattr(model, "set_precision"):
+        model.set_precision(job.precision)
+    computed = str(getattr(model, "image_precision", "fp32"))
+    if computed != job.image_precision:
+        from ..errors import ModelError
+
+        raise ModelError(f"worker {_worker_name()} encodes in {computed}, but this run writes {job.image_precision} "
+                         "features; pass --resources GPU=1 so that only GPU workers encode, or --precision fp32")
 
 
 def embed_block(job: EmbedJob, todo: BlockTodo) -> BlockResult:
@@ -241,6 +257,41 @@ class ModelFacts:
         config, sha = read_config(directory)
         return cls(name=str(config.name or directory.name), weights_sha256=sha,
                    preprocess_version=str(config.preprocess_version), family=str(config.family), config=config)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def encoder_workers(client: Any, resources: dict[str, float] | None) -> list[str]:
+    """Addresses of the workers that may run encoder tasks (those holding ``resources``)."""
+    workers = client.scheduler_info()["workers"]
+    return [address for address, info in workers.items()
+            if all(float(info.get("resources", {}).get(k, 0)) >= v for k, v in (resources or {}).items())]
+
+
+def encoder_precision(client: Any, device: str, precision: str, resources: dict[str, float] | None) -> str:
+    """What the encoding workers will compute in (``fp32`` or ``bf16``), recorded in the store.
+
+    ``auto`` means bf16 on CUDA, fp32 on CPU (as on one machine), so it depends on the workers:
+    a mix of GPU and CPU encoders would write features of two precisions into one store, which is
+    refused (InputError) before anything runs.
+    """
+    if precision == "fp32" or str(device).lower() == "cpu":
+        return "fp32"
+    if str(device).lower().startswith("cuda"):
+        return "bf16"
+    workers = encoder_workers(client, resources)
+    if not workers:
+        raise InputError("no worker of the cluster has the --resources the encoder tasks need; start workers "
+                         "with `dask worker --resources GPU=1` or drop --resources")
+    kinds = set(client.run(_has_cuda, workers=workers).values())
+    if len(kinds) > 1:
+        raise InputError("some workers have a GPU and some do not; pass --resources GPU=1 (GPU workers encode, "
+                         "the others render) or --precision fp32 or --device cpu")
+    return "bf16" if kinds == {True} else "fp32"
 
 
 def _model_on_client(model: Any, family: str, cache_dir: str | os.PathLike | None,
@@ -308,7 +359,7 @@ def embed_region_distributed(workspace: Any, zoom: int, model: Any = None, *, cl
                              chunk_cells: int = CHUNK_CELLS, resources: dict[str, float] | None = None,
                              fetch_missing: bool = True, max_concurrent_downloads: int = 16,
                              max_downloads_per_second: float | None = None, retries: int = 2,
-                             progress: bool = True,
+                             progress: bool = True, precision: str | None = None,
                              on_block: Callable[[BlockResult], None] | None = None) -> EmbedReport:
     """:func:`soundmap.store.embed_region` on a Dask cluster (``client``): same store, same values.
 
@@ -321,7 +372,7 @@ def embed_region_distributed(workspace: Any, zoom: int, model: Any = None, *, cl
     """
     from ..workspace import Workspace
 
-    check_embed_options(batch_size=batch_size, dtype=dtype)
+    check_embed_options(batch_size=batch_size, dtype=dtype, precision=precision)
     ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
     grid, source = ws.grid(zoom), ws.source()
     directory, local = _model_on_client(model, source.family, cache_dir, spill_dir=Path(ws.path) / MODEL_SPILL_DIR)
@@ -329,8 +380,10 @@ def embed_region_distributed(workspace: Any, zoom: int, model: Any = None, *, cl
     job_batch = int(batch_size if batch_size is not None else 8)
     path = embedding_store_path(ws.path, zoom)
     limit = GlobalRateLimit.create(max_concurrent_downloads, max_downloads_per_second)
+    setting = str(precision or getattr(local, "precision", "auto") or "auto")
+    computed = encoder_precision(client, device, setting, resources)
     with exclusive_lock(path.with_name(path.name + ".lock")):
-        identity = store_identity(local, source, grid, zoom)
+        identity = replace(store_identity(local, source, grid, zoom), precision=computed)
         store = _open_or_create(path, identity, local, grid, zoom, dtype, overwrite, chunk_cells)
         inside = ws.aoi_mask(zoom)
         counts = count_cells(store, inside)
@@ -339,7 +392,8 @@ def embed_region_distributed(workspace: Any, zoom: int, model: Any = None, *, cl
                              device=f"cluster ({device})")
         job = EmbedJob(store_path=str(store.path), zoom=int(zoom), grid=grid, source=source, cache=cache,
                        model=ModelRef(str(directory), str(local.weights_sha256), str(device)),
-                       batch_size=job_batch, fetch_missing=fetch_missing, limit=limit)
+                       batch_size=job_batch, fetch_missing=fetch_missing, limit=limit, precision=setting,
+                       image_precision=computed)
         todos = pending_blocks(store, inside, render_group_size(job_batch))
         _run_blocks(client, job, todos, counts.todo, report, resources, retries, progress,
                     run_id=str(store.attrs.get("store_id", "store"))[:12], on_block=on_block)

@@ -407,5 +407,15 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
     except (SafetensorError, OSError) as err:
         raise ModelError(f"cannot read {weights} ({err}); re-import the model") from None
     model = SoundscapeModel.from_state_dict(config, state, name=config.name or directory.name, weights_sha256=sha)
-    model.clap_files = Path(clap_files) if clap_files else None
+    model.clap_files = Path(clap_files) if clap_files else _clap_files_under(cache_dir)
     return model.to(target).eval()
+
+
+def _clap_files_under(cache_dir: str | os.PathLike | None) -> Path | None:
+    """``<--cache-dir>/clap`` when the user named a cache root: the CLAP tokenizer files fetched
+    there by ``soundmap models clap-files`` must be found by every command given the same
+    ``--cache-dir`` (the default lookup only knows ``$SOUNDMAP_CACHE`` and the XDG root)."""
+    if cache_dir is None:
+        return None
+    candidate = Path(cache_dir) / "clap"
+    return candidate if candidate.is_dir() else None

@@ -113,3 +113,23 @@ def test_block_tasks_fetch_the_tiles_the_cache_lacks(tile_server: TileServer, tm
     assert not ws.tile_cache().missing(source.cache_key, plan.tiles)
     assert set(tile_server.tile_counts) == set(plan.tiles)
     assert tile_server.max_in_flight <= 4
+
+
+def test_the_store_records_the_precision_the_encoding_workers_compute_in(tiny_model, cluster_client) -> None:
+    import pytest
+
+    from soundmap.distributed.cluster import ModelRef
+    from soundmap.distributed.embed import EmbedJob, _check_precision, encoder_precision
+    from soundmap.errors import InputError, ModelError
+
+    # CPU-only workers under "auto" compute fp32; an explicit device or fp32 needs no question
+    assert encoder_precision(cluster_client, "auto", "auto", None) == "fp32"
+    assert encoder_precision(cluster_client, "cuda", "auto", None) == "bf16"
+    assert encoder_precision(cluster_client, "cuda", "fp32", None) == "fp32"
+    with pytest.raises(InputError, match="--resources"):
+        encoder_precision(cluster_client, "auto", "auto", {"GPU": 1})  # no worker has a GPU
+    # a worker that would write features of another precision than the store's refuses
+    job = EmbedJob(store_path="unused", zoom=Z, grid=None, source=None, cache=None, model=ModelRef("unused", ""),
+                   batch_size=2, image_precision="bf16")
+    with pytest.raises(ModelError, match="encodes in fp32"):
+        _check_precision(tiny_model, job)

@@ -16,8 +16,12 @@ Cold start (importing torch, loading the model in each worker) is excluded: ever
 model before the timed run (a worker keeps it for all its tasks). Tiles are fetched beforehand, so
 the timed part is render + encode + write, as in ``bench/embed.py``.
 
-    python bench/distributed.py --quick                  # 64 cells, ViT-B/16, 1/2/4 workers
-    python bench/distributed.py --cells 256 --chunk 8
+    python bench/scaleout.py --quick                  # 64 cells, ViT-B/16, 1/2/4 workers
+    python bench/scaleout.py --cells 256 --chunk 8
+
+Named ``scaleout.py`` rather than ``distributed.py``: a ``distributed.py`` in a directory on
+``sys.path`` (bench/ is, for scripts run from it and for the smoke tests that import them) shadows
+Dask's own ``distributed`` package, and every Dask worker process started afterwards fails.
 """
 
 from __future__ import annotations
@@ -34,10 +38,6 @@ sys.path.insert(0, str(_BENCH))
 from _common import Figures, parser  # noqa: E402
 from _workbench import (bbox_for_cells, build_model, loopback_source, make_workspace,  # noqa: E402
                         quiet_progress, tile_server)
-
-# This file is named like Dask's ``distributed`` package: with bench/ on sys.path (as it is when
-# run as a script), ``import distributed`` would import this file instead of Dask.
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _BENCH]
 
 ZOOM = 1
 OVERHEAD_TARGET = 0.10
