@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..query.engine import FUSE_BATCH, FusedBlock, FusionCounter, QueryResult, fuse_block, read_store_block, run_query, store_blocks
+from ..query.engine import FUSE_BATCH, FusedBlock, FusionCounter, crop_to_window, QueryResult, fuse_block, read_store_block, run_query, store_blocks
 from .cluster import ModelRef, model_directory, worker_model
 
 MODEL_SPILL_DIR = ".cluster-models"
@@ -37,19 +37,6 @@ def fuse_store_block(ref: ModelRef, store_path: str, setting: Any, rows: slice, 
     features, valid = read_store_block(store, rows, cols)
     mu, logvar, calls = fuse_block(model, store.grid, setting, rows, cols, features, valid, batch)
     return mu, logvar, valid, calls
-
-
-def crop_to_window(rows: slice, cols: slice, window: tuple[slice, slice], mu: np.ndarray,
-                   logvar: np.ndarray | None, valid: np.ndarray) -> FusedBlock:
-    """The part of a fused store block inside the output ``window``, in window coordinates."""
-    out_rows = slice(max(rows.start, window[0].start), min(rows.stop, window[0].stop))
-    out_cols = slice(max(cols.start, window[1].start), min(cols.stop, window[1].stop))
-    local_r = slice(out_rows.start - rows.start, out_rows.stop - rows.start)
-    local_c = slice(out_cols.start - cols.start, out_cols.stop - cols.start)
-    return FusedBlock(rows=slice(out_rows.start - window[0].start, out_rows.stop - window[0].start),
-                      cols=slice(out_cols.start - window[1].start, out_cols.stop - window[1].start),
-                      mu=mu[local_r, local_c], logvar=None if logvar is None else logvar[local_r, local_c],
-                      valid=valid[local_r, local_c])
 
 
 def cluster_fused_blocks(client: Any, ref: ModelRef, store_path: str | os.PathLike, *, retries: int = 2,

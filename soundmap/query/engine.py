@@ -61,6 +61,21 @@ class FusedBlock:
     valid: np.ndarray  # h × w bool
 
 
+def crop_to_window(rows: slice, cols: slice, window: tuple[slice, slice], mu: np.ndarray,
+                   logvar: np.ndarray | None, valid: np.ndarray) -> FusedBlock:
+    """The part of a fused store block (``rows`` × ``cols`` of the grid) inside the output
+    ``window``, in window coordinates: blocks are chunk-aligned, the window (``--bbox``) is not.
+    The caller guarantees the block meets the window."""
+    out_rows = slice(max(rows.start, window[0].start), min(rows.stop, window[0].stop))
+    out_cols = slice(max(cols.start, window[1].start), min(cols.stop, window[1].stop))
+    local_r = slice(out_rows.start - rows.start, out_rows.stop - rows.start)
+    local_c = slice(out_cols.start - cols.start, out_cols.stop - cols.start)
+    return FusedBlock(rows=slice(out_rows.start - window[0].start, out_rows.stop - window[0].start),
+                      cols=slice(out_cols.start - window[1].start, out_cols.stop - window[1].start),
+                      mu=mu[local_r, local_c], logvar=None if logvar is None else logvar[local_r, local_c],
+                      valid=valid[local_r, local_c])
+
+
 # ----------------------------------------------------------------------------- queries
 def encode_queries(model: Any, queries: Sequence[QuerySpec]) -> Any:
     """One Embedding with a row per query (text, audio, or audio + text combined).
@@ -189,13 +204,7 @@ def fused_blocks(model: Any, store: Any, setting: MetadataSetting, window: tuple
             counter.computed_blocks += 1
             if cache is not None:
                 cache.write(rows, cols, mu, logvar, valid)
-        out_rows, out_cols = _intersect(rows, window[0]), _intersect(cols, window[1])
-        local_r = slice(out_rows.start - rows.start, out_rows.stop - rows.start)
-        local_c = slice(out_cols.start - cols.start, out_cols.stop - cols.start)
-        yield FusedBlock(rows=slice(out_rows.start - window[0].start, out_rows.stop - window[0].start),
-                         cols=slice(out_cols.start - window[1].start, out_cols.stop - window[1].start),
-                         mu=mu[local_r, local_c], logvar=None if logvar is None else logvar[local_r, local_c],
-                         valid=valid[local_r, local_c])
+        yield crop_to_window(rows, cols, window, mu, logvar, valid)
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.embed_workspace import fetch_test_workspace, tiny_model, tiny_model_builds  # noqa: F401
-from tests.fixtures.tileserver import TileServer
+from tests.fixtures.embed_workspace import fetched_workspace, tiny_model, tiny_model_builds  # noqa: F401
 
 
 def start_cluster(workers: int = 2, **kwargs):  # type: ignore[no-untyped-def]
@@ -48,18 +47,6 @@ def cluster_client() -> Iterator[object]:
         cluster.close()
 
 
-@pytest.fixture(autouse=True)
-def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A private $XDG_CONFIG_HOME so that a developer's own tiles.yaml never changes a test."""
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
-
-
-@pytest.fixture
-def fetched_workspace(tile_server: TileServer, tmp_path: Path) -> Path:
-    """A workspace (2 × 4 cells at zoom 1) whose tiles were all fetched from the loopback server."""
-    return fetch_test_workspace(tile_server, tmp_path)
-
-
 SYNTHETIC_SHAPE = (20, 19)
 SYNTHETIC_CHUNK = 8
 
@@ -68,25 +55,7 @@ SYNTHETIC_CHUNK = 8
 def multi_chunk_store(tmp_path: Path, tiny_psm):  # type: ignore[no-untyped-def]
     """A 20 × 19 store made by ``tiny_psm`` with chunks of 8 (3 × 3 blocks, ragged edges), random
     features, scattered cells without imagery and one whole chunk without imagery."""
-    from dataclasses import replace
+    from tests.fixtures.synthetic_store import write_synthetic_store
 
-    import numpy as np
-
-    from soundmap.geo.bbox import BBox
-    from soundmap.geo.grid import make_grid
-    from soundmap.store.embeddings import CellState, EmbeddingStore, StoreIdentity, embedding_store_path
-
-    rows, cols = SYNTHETIC_SHAPE
-    grid = replace(make_grid(BBox(10.0, 50.0, 10.5, 50.3), "sentinel", 1), rows=rows, cols=cols, stride=500.0)
-    identity = StoreIdentity(tiny_psm.name, tiny_psm.weights_sha256, tiny_psm.preprocess_version, "sentinel",
-                             "synthetic", "synthetic", 1, grid.to_dict())
-    store = EmbeddingStore.create(embedding_store_path(tmp_path / "ws", 1), identity, rows=rows, cols=cols,
-                                  feature_dim=512, dtype="float32", chunk_cells=SYNTHETIC_CHUNK)
-    rng = np.random.default_rng(11)
-    valid = rng.random((rows, cols)) > 0.15
-    valid[0:8, 8:16] = False
-    features = rng.normal(size=(rows, cols, 512)).astype(np.float32)
-    for block_rows, block_cols in store.blocks():
-        state = np.where(valid[block_rows, block_cols], CellState.EMBEDDED, CellState.NO_IMAGERY).astype(np.uint8)
-        store.write_block(block_rows, block_cols, features[block_rows, block_cols], state)
-    return EmbeddingStore.open(store.path)
+    return write_synthetic_store(tmp_path, tiny_psm, seed=11, shape=SYNTHETIC_SHAPE, chunk=SYNTHETIC_CHUNK,
+                                 empty_block=(slice(0, 8), slice(8, 16)))
