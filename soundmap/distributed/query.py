@@ -66,9 +66,7 @@ def cluster_fused_blocks(client: Any, ref: ModelRef, store_path: str | os.PathLi
             for future in as_completed(list(futures)):
                 rows, cols = futures[future]
                 mu, logvar, valid, calls = future.result()
-                counter.fuse_calls += calls
-                counter.fused_cells += int(valid.sum())
-                counter.computed_blocks += 1
+                counter.computed(calls, valid)
                 if cache is not None:
                     cache.write(rows, cols, mu, logvar, valid)
                 yield crop_to_window(rows, cols, window, mu, logvar, valid)

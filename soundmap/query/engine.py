@@ -169,6 +169,12 @@ class FusionCounter:
     cached_blocks: int = 0
     computed_blocks: int = 0
 
+    def computed(self, calls: int, valid: np.ndarray) -> None:
+        """Count one block fused here (not read from the fused cache)."""
+        self.fuse_calls += calls
+        self.fused_cells += int(valid.sum())
+        self.computed_blocks += 1
+
 
 def store_blocks(store: Any, window: tuple[slice, slice]) -> Iterator[tuple[slice, slice]]:
     """The store's chunk-aligned blocks that overlap ``window``."""
@@ -199,9 +205,7 @@ def fused_blocks(model: Any, store: Any, setting: MetadataSetting, window: tuple
         else:
             features, valid = read_store_block(store, rows, cols)
             mu, logvar, calls = fuse_block(model, grid, setting, rows, cols, features, valid, batch)
-            counter.fuse_calls += calls
-            counter.fused_cells += int(valid.sum())
-            counter.computed_blocks += 1
+            counter.computed(calls, valid)
             if cache is not None:
                 cache.write(rows, cols, mu, logvar, valid)
         yield crop_to_window(rows, cols, window, mu, logvar, valid)
