@@ -20,6 +20,7 @@ BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Cells per
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Background threads rendering cells (default: 2 on CPU, all cores but one on CUDA).", show_default=False)]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Storage precision of the features: float16 or float32.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Discard embeddings made with another model, source or preprocessing and start again.")]
+StoreUrlOpt = Annotated[Optional[str], typer.Option("--store-url", help="Keep the workspace's embedding stores under this fsspec URL (s3://bucket/path, gs://...) instead of the workspace directory; recorded in the workspace so later embeds and queries use it (default: $SOUNDMAP_STORE_URL, else the recorded one).", show_default=False)]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="Image encoder precision: auto (bf16 on CUDA, fp32 on CPU) or fp32 (the authors' evaluation, exact parity; slower on GPU).")]
 
 
@@ -31,13 +32,14 @@ def register(app: typer.Typer) -> None:
 def embed_command(
     zoom: ZoomOpt = None, model: ModelOpt = None, device: DeviceOpt = "auto", batch_size: BatchOpt = None,
     workers: WorkersOpt = None, dtype: DtypeOpt = "float16", overwrite: OverwriteOpt = False,
-    precision: PrecisionOpt = "auto", workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
+    precision: PrecisionOpt = "auto", store_url: StoreUrlOpt = None, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False, scheduler: SchedulerOpt = None, resources: ResourcesOpt = None,
 ) -> None:
     """Embed every cell of the workspace's region with the image encoder (resumable)."""
     from ..distributed.cluster import resolve_scheduler
     from ..distributed.embed import embed_on_cluster
     from ..families import parse_zooms
+    from ..store.embeddings import record_store_url
     from ..store.pipeline import check_embed_options, embed_region, prepare_embedding
     from ..workspace import Workspace
 
@@ -46,6 +48,8 @@ def embed_command(
     cluster = resolve_scheduler(scheduler, resources)
     ws = Workspace.load(workspace)
     zooms = parse_zooms(zoom) if zoom is not None else list(ws.zooms)
+    if store_url is not None:
+        record_store_url(ws, store_url)
     if cluster is None:
         loaded = prepare_embedding(ws, zooms, model, device=device, cache_dir=cache_dir)
         reports = (embed_region(ws, level, loaded, batch_size=batch_size, device=device, workers=workers,

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import InputError
 from .common import ResourcesOpt, SchedulerOpt  # scale-out (soundmap.distributed)
 from .common import (BBoxOpt, CacheDirOpt, DeviceOpt, QuietOpt, RequiredBBoxOpt, SourceOpt, StrideOpt, TilesConfigOpt,
                      WorkspaceOpt, apply_quiet, model_option, zoom_option)
@@ -51,6 +52,7 @@ RgbOpt = Annotated[bool, typer.Option("--rgb", help="RGB composite of exactly th
 UncertaintyOpt = Annotated[bool, typer.Option("--uncertainty", help="Per-cell uncertainty map (PSM only).")]
 PngOpt = Annotated[bool, typer.Option("--png", help="Quick-look PNG with colour bar, title and attribution.")]
 GifOpt = Annotated[bool, typer.Option("--gif", help="Animated GIF of a series (several hours or months).")]
+StoreUrlOpt = Annotated[Optional[str], typer.Option("--store-url", help="Read the embeddings from under this fsspec URL (default: $SOUNDMAP_STORE_URL, else the one recorded by `soundmap embed --store-url`, else the workspace).", show_default=False)]
 FusedCacheOpt = Annotated[bool, typer.Option("--fused-cache/--no-fused-cache", help="Keep fused embeddings in the workspace for later queries.")]
 
 
@@ -89,7 +91,7 @@ def query_command(
     gif: GifOpt = False, zoom: ZoomOpt = None, model: ModelOpt = None, bbox: BBoxOpt = None,
     fused_cache: FusedCacheOpt = True, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto", quiet: QuietOpt = False, scheduler: SchedulerOpt = None,
-    resources: ResourcesOpt = None,
+    resources: ResourcesOpt = None, store_url: StoreUrlOpt = None,
 ) -> None:
     from ..distributed.cluster import resolve_scheduler
     from ..query.workflow import query_workspace
@@ -100,7 +102,10 @@ def query_command(
                        normalize, rgb, uncertainty, png, gif, zoom, bbox)
     if cluster is None:
         result = query_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir,
-                                 fused_cache=fused_cache)
+                                 fused_cache=fused_cache, store_url=store_url)
+    elif store_url is not None:
+        raise InputError("--store-url is not supported with --scheduler; record it with "
+                         "`soundmap embed --store-url` or set SOUNDMAP_STORE_URL instead")
     else:
         from ..distributed.query import query_on_cluster
 

@@ -33,8 +33,8 @@ import numpy as np
 
 from ..errors import InputError, TileError
 from ..progress import progress as progress_bar
-from ..store.embeddings import CHUNK_CELLS, CellState, EmbeddingStore, embedding_store_path
-from ..store.pipeline import (EmbedReport, check_embed_options, count_cells, encode_batch, exclusive_lock,
+from ..store.embeddings import CHUNK_CELLS, CellState, EmbeddingStore, embedding_store_location, store_exists
+from ..store.pipeline import (EmbedReport, check_embed_options, count_cells, encode_batch, store_lock,
                               feature_dim, iter_groups, render_group_size, store_identity)
 from .cluster import ModelRef, model_directory, worker_model
 from .fetch import GlobalRateLimit
@@ -308,10 +308,11 @@ def _model_on_client(model: Any, family: str, cache_dir: str | os.PathLike | Non
     return directory, ModelFacts.read(directory)
 
 
-def _open_or_create(path: Path, identity: Any, model: Any, grid: Any, zoom: int, dtype: str, overwrite: bool,
+def _open_or_create(path: Path | str, identity: Any, model: Any, grid: Any, zoom: int, dtype: str, overwrite: bool,
                     chunk_cells: int) -> EmbeddingStore:
     """The store to fill: resumed when made the same way, created when absent or ``overwrite``."""
-    if path.exists() and not overwrite:
+    exists = store_exists(path) if isinstance(path, str) else path.exists()
+    if exists and not overwrite:
         store = EmbeddingStore.open(path, writable=True)
         store.require_identity(identity)
         return store
@@ -378,11 +379,11 @@ def embed_region_distributed(workspace: Any, zoom: int, model: Any = None, *, cl
     directory, local = _model_on_client(model, source.family, cache_dir, spill_dir=Path(ws.path) / MODEL_SPILL_DIR)
     cache = ws.tile_cache(cache_dir) if source.is_remote else None
     job_batch = int(batch_size if batch_size is not None else 8)
-    path = embedding_store_path(ws.path, zoom)
+    path = embedding_store_location(ws, zoom)
     limit = GlobalRateLimit.create(max_concurrent_downloads, max_downloads_per_second)
     setting = str(precision or getattr(local, "precision", "auto") or "auto")
     computed = encoder_precision(client, device, setting, resources)
-    with exclusive_lock(path.with_name(path.name + ".lock")):
+    with store_lock(path):
         identity = replace(store_identity(local, source, grid, zoom), precision=computed)
         store = _open_or_create(path, identity, local, grid, zoom, dtype, overwrite, chunk_cells)
         inside = ws.aoi_mask(zoom)

@@ -33,17 +33,19 @@ MAP_LARGE_REGION_KM = 100.0
 """``soundmap map`` uses zoom 5 for regions wider than this, zoom 1 otherwise."""
 
 
-def embedded_zooms(workspace: Any) -> list[int]:
-    """PSM zoom levels that have an embedding store in ``workspace`` (a Workspace or its directory)."""
-    from ..store.embeddings import embedding_store_path
+def embedded_zooms(workspace: Any, store_url: str | None = None) -> list[int]:
+    """PSM zoom levels that have an embedding store in ``workspace`` (a Workspace or its directory),
+    or under its store URL (``store_url``, ``$SOUNDMAP_STORE_URL`` or the recorded one)."""
+    from ..store.embeddings import embedding_store_location, store_exists
 
-    root = Path(getattr(workspace, "path", workspace))
-    return [zoom for zoom in (1, 3, 5) if (embedding_store_path(root, zoom) / "zarr.json").is_file()]
+    return [zoom for zoom in (1, 3, 5) if store_exists(embedding_store_location(workspace, zoom, store_url))]
 
 
-def choose_zoom(workspace: Any, zoom: int | None) -> int:
+def choose_zoom(workspace: Any, zoom: int | None, store_url: str | None = None) -> int:
     """``zoom`` if given, else the single embedded zoom; a one-line error when that is ambiguous."""
-    zooms = embedded_zooms(workspace)
+    if zoom is not None:
+        return int(zoom)
+    zooms = embedded_zooms(workspace, store_url)
     if zoom is not None:
         return int(zoom)
     if not zooms:
@@ -84,8 +86,12 @@ def check_model_matches_store(model: Any, store: Any) -> None:
 
 
 def query_workspace(workspace: Any, options: QueryOptions, *, model: Any = None, device: str = "auto",
-                    cache_dir: str | os.PathLike | None = None, fused_cache: bool = True) -> QueryResult:
+                    cache_dir: str | os.PathLike | None = None, fused_cache: bool = True,
+                    store_url: str | None = None) -> QueryResult:
     """``soundmap query``: score the queries of ``options`` over a workspace's embeddings.
+
+    The embeddings are read from the workspace, or from under ``store_url`` (else
+    ``$SOUNDMAP_STORE_URL``, else the URL recorded by ``soundmap embed --store-url``).
 
     Validation happens in two steps so that bad input fails before any model is loaded:
     model-independent checks first, then the checks that need the model's metadata components.
@@ -95,8 +101,8 @@ def query_workspace(workspace: Any, options: QueryOptions, *, model: Any = None,
 
     make_plan(options)  # fail fast on hour 25, no query, --rgb with two queries, ...
     ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
-    zoom = choose_zoom(ws, options.zoom)
-    store = open_embedding_store(ws, zoom)
+    zoom = choose_zoom(ws, options.zoom, store_url)
+    store = open_embedding_store(ws, zoom, store_url=store_url)
     loaded = load_query_model(model, store, device=device, cache_dir=cache_dir)
     check_model_matches_store(loaded, store)
     plan = make_plan(options, loaded)

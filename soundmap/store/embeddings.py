@@ -18,6 +18,14 @@ Crash safety: Zarr's ``LocalStore`` writes every chunk to a temporary file and r
 place, so a chunk on disk is always a whole old or a whole new chunk. The embed loop writes a
 block's ``features`` chunk first and its ``state`` chunk second, and only ``state`` says a cell is
 valid: an interruption between the two leaves cells marked "not done", never garbage marked valid.
+
+Stores at an fsspec URL (``s3://bucket/ws/embeddings/zoom1.zarr``, ``gs://...``, ``memory://...``):
+a workspace may keep its stores at a URL (``soundmap embed --store-url URL`` or the environment
+variable ``SOUNDMAP_STORE_URL``; recorded in ``<workspace>/embeddings/store_url`` so that queries
+find it). The same crash-safety argument holds there: an object store writes a whole object per
+PUT (a reader sees the old object or the new one, never a part), and a Zarr chunk is one object,
+so "features chunk, then state chunk" still never leaves garbage marked valid. Local paths behave
+exactly as before; only URL strings (``scheme://...``) take the fsspec route.
 """
 
 from __future__ import annotations
@@ -140,6 +148,96 @@ def embedding_store_path(workspace_path: str | os.PathLike, zoom: int) -> Path:
     return Path(workspace_path) / "embeddings" / f"zoom{int(zoom)}.zarr"
 
 
+#: A store's location: a local directory, or an fsspec URL string (``s3://...``, ``memory://...``).
+StoreLocation = Path | str
+#: Environment variable naming the URL under which a workspace's stores live (like --store-url).
+STORE_URL_ENV = "SOUNDMAP_STORE_URL"
+#: File, inside the workspace's ``embeddings`` directory, recording the store URL of the workspace.
+STORE_URL_FILE = "store_url"
+
+
+def is_store_url(location: Any) -> bool:
+    """True for an fsspec URL (``scheme://...``, but not ``file://``), False for a local path."""
+    return isinstance(location, str) and "://" in location and not location.startswith("file://")
+
+
+def embedding_store_url(base_url: str, zoom: int) -> str:
+    """The store of ``zoom`` under a workspace's store URL (``<base>/zoom<z>.zarr``)."""
+    return f"{base_url.rstrip('/')}/zoom{int(zoom)}.zarr"
+
+
+def check_store_url(url: str) -> str:
+    """``url`` when fsspec knows its scheme; a one-line CacheError saying what to do otherwise."""
+    if not is_store_url(url):
+        raise CacheError(f"--store-url expects an fsspec URL like s3://bucket/path, got {url!r}")
+    import fsspec
+
+    scheme = url.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError) as err:
+        raise CacheError(f"cannot use store URL {url} ({err}); install the fsspec backend for {scheme}://") from None
+    return url.rstrip("/")
+
+
+def record_store_url(workspace: Any, url: str | None) -> None:
+    """Record (or, with None, forget) the URL under which ``workspace`` keeps its stores, so that
+    later runs and queries of the workspace find them without being told again."""
+    marker = Path(getattr(workspace, "path", workspace)) / "embeddings" / STORE_URL_FILE
+    if url is None:
+        marker.unlink(missing_ok=True)
+        return
+    from ..atomic import write_bytes_atomic
+
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(marker, (check_store_url(url) + "\n").encode())
+
+
+def workspace_store_url(workspace: Any, store_url: str | None = None) -> str | None:
+    """The store URL of ``workspace``: ``store_url`` if given, else ``$SOUNDMAP_STORE_URL``, else
+    the one recorded in the workspace, else None (stores live in the workspace directory)."""
+    if store_url:
+        return check_store_url(store_url)
+    if os.environ.get(STORE_URL_ENV):
+        return check_store_url(os.environ[STORE_URL_ENV])
+    marker = Path(getattr(workspace, "path", workspace)) / "embeddings" / STORE_URL_FILE
+    if marker.is_file():
+        recorded = marker.read_text().strip()
+        return check_store_url(recorded) if recorded else None
+    return None
+
+
+def embedding_store_location(workspace: Any, zoom: int, store_url: str | None = None) -> StoreLocation:
+    """Where the store of ``zoom`` of ``workspace`` lives: under its store URL when it has one
+    (:func:`workspace_store_url`), else :func:`embedding_store_path` in the workspace directory."""
+    base = workspace_store_url(workspace, store_url)
+    if base is not None:
+        return embedding_store_url(base, zoom)
+    return embedding_store_path(Path(getattr(workspace, "path", workspace)), zoom)
+
+
+def _url_filesystem(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path within it) of a store URL."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
+
+
+def store_exists(location: StoreLocation) -> bool:
+    """True when a store's ``zarr.json`` exists, asked of its own filesystem (local or fsspec)."""
+    if is_store_url(location):
+        fs, root = _url_filesystem(str(location))
+        return bool(fs.exists(f"{root.rstrip('/')}/zarr.json"))
+    return (Path(location) / "zarr.json").is_file()
+
+
+def _remove_url_store(url: str) -> None:
+    """Delete every object of the store at ``url`` (``create`` replaces what was there)."""
+    fs, root = _url_filesystem(url)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
 def chunk_slices(rows: int, cols: int, chunk: int = CHUNK_CELLS) -> Iterator[tuple[slice, slice]]:
     """Chunk-aligned (row slice, col slice) blocks covering a rows × cols grid, row-major."""
     for r0 in range(0, rows, chunk):
@@ -154,7 +252,7 @@ class EmbeddingStore:
     embed loop uses :meth:`create_or_resume`, :meth:`read_block` and :meth:`write_block`.
     """
 
-    def __init__(self, path: Path, group: zarr.Group) -> None:
+    def __init__(self, path: StoreLocation, group: zarr.Group) -> None:
         self.path = path
         self.group = group
         self.attrs: dict[str, Any] = dict(group.attrs)
@@ -175,9 +273,10 @@ class EmbeddingStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, writable: bool = False) -> EmbeddingStore:
-        """Open an existing store; CacheError (one line) if it is missing or unreadable."""
-        path = Path(path)
-        if not (path / "zarr.json").is_file():
+        """Open an existing store (a directory or an fsspec URL); CacheError (one line) if it is
+        missing or unreadable."""
+        path = str(path) if is_store_url(path) else Path(path)
+        if not store_exists(path):
             raise CacheError(f"no embeddings at {path}; run `soundmap embed` first")
         try:
             group = zarr.open_group(str(path), mode="r+" if writable else "r", zarr_format=3)
@@ -196,24 +295,16 @@ class EmbeddingStore:
         """
         if dtype not in STORAGE_DTYPES:
             raise ValueError(f"storage dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
+        if is_store_url(path):
+            return cls._create_at_url(str(path), identity, rows=rows, cols=cols, feature_dim=feature_dim,
+                                      dtype=dtype, chunk_cells=chunk_cells)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
             group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-            group.create_array(FEATURES, shape=(rows, cols, feature_dim), dtype=dtype,
-                               chunks=(chunk_cells, chunk_cells, feature_dim), fill_value=np.nan,
-                               dimension_names=("row", "col", "feature"))
-            group.create_array(STATE, shape=(rows, cols), dtype="uint8",
-                               chunks=(chunk_cells, chunk_cells), fill_value=int(CellState.PENDING),
-                               dimension_names=("row", "col"))
-            attrs = {"format_version": STORE_FORMAT_VERSION, "store_id": uuid.uuid4().hex,
-                     "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-                     **identity.to_attrs(),
-                     "feature_dim": int(feature_dim), "dtype": dtype, "chunk_cells": int(chunk_cells),
-                     "state_codes": {s.name.lower(): int(s) for s in CellState},
-                     **_georeference_attrs(identity.grid)}
-            group.attrs.update(attrs)
+            _layout(group, identity, rows=rows, cols=cols, feature_dim=feature_dim, dtype=dtype,
+                    chunk_cells=chunk_cells)
             if path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)
@@ -223,12 +314,25 @@ class EmbeddingStore:
         return cls.open(path, writable=True)
 
     @classmethod
+    def _create_at_url(cls, url: str, identity: StoreIdentity, *, rows: int, cols: int, feature_dim: int,
+                       dtype: str, chunk_cells: int) -> EmbeddingStore:
+        """``create`` on an object store: no temporary directory and rename (object stores have no
+        atomic rename; each object PUT is atomic instead). The old store is deleted first, the
+        arrays are written, and the attributes come last, so a reader that looks in between finds
+        a store without attributes and gets a one-line CacheError, never a half-described store."""
+        _remove_url_store(url)
+        group = zarr.open_group(url, mode="w", zarr_format=3)
+        _layout(group, identity, rows=rows, cols=cols, feature_dim=feature_dim, dtype=dtype,
+                chunk_cells=chunk_cells)
+        return cls.open(url, writable=True)
+
+    @classmethod
     def create_or_resume(cls, path: str | os.PathLike, identity: StoreIdentity, *, rows: int, cols: int,
                          feature_dim: int, dtype: str = "float16", overwrite: bool = False) -> EmbeddingStore:
         """The store to embed into: the existing one when it has the same identity (resume), a new
         one when there is none or ``overwrite``; CacheError when it was made differently."""
-        path = Path(path)
-        if path.exists() and not overwrite:
+        path = str(path) if is_store_url(path) else Path(path)
+        if _location_exists(path) and not overwrite:
             store = cls.open(path, writable=True)
             store.require_identity(identity)
             if store.features.shape != (rows, cols, feature_dim):
@@ -313,16 +417,48 @@ class EmbeddingStore:
         self.state[rows, cols] = state.astype(np.uint8, copy=False)
 
 
-def open_embedding_store(workspace: Any, zoom: int, model: Any = None) -> EmbeddingStore:
+def _layout(group: zarr.Group, identity: StoreIdentity, *, rows: int, cols: int, feature_dim: int,
+            dtype: str, chunk_cells: int) -> None:
+    """Write the two arrays, then the attributes, of a new store into an empty ``group``."""
+    group.create_array(FEATURES, shape=(rows, cols, feature_dim), dtype=dtype,
+                       chunks=(chunk_cells, chunk_cells, feature_dim), fill_value=np.nan,
+                       dimension_names=("row", "col", "feature"))
+    group.create_array(STATE, shape=(rows, cols), dtype="uint8",
+                       chunks=(chunk_cells, chunk_cells), fill_value=int(CellState.PENDING),
+                       dimension_names=("row", "col"))
+    attrs = {"format_version": STORE_FORMAT_VERSION, "store_id": uuid.uuid4().hex,
+             "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+             **identity.to_attrs(),
+             "feature_dim": int(feature_dim), "dtype": dtype, "chunk_cells": int(chunk_cells),
+             "state_codes": {s.name.lower(): int(s) for s in CellState},
+             **_georeference_attrs(identity.grid)}
+    group.attrs.update(attrs)
+
+
+def _location_exists(location: StoreLocation) -> bool:
+    """Whether anything is at ``location`` (local: the path; URL: the store's ``zarr.json``)."""
+    if is_store_url(location):
+        return store_exists(location)
+    return Path(location).exists()
+
+
+def open_embedding_store(workspace: Any, zoom: int, model: Any = None, *,
+                         store_url: str | None = None) -> EmbeddingStore:
     """Open the embeddings of ``zoom`` in ``workspace`` (a Workspace or its directory) for reading.
 
+    The store is the workspace's own, or under its store URL (``store_url``, else
+    ``$SOUNDMAP_STORE_URL``, else the URL recorded by ``soundmap embed --store-url``).
     With ``model``, also check the store was made by that model (same weights hash and
     preprocessing version): CacheError otherwise, so that a query never mixes one model's image
     features with another model's fusion and heads.
     """
-    path = embedding_store_path(Path(getattr(workspace, "path", workspace)), zoom)
-    if not (path / "zarr.json").is_file():
-        raise CacheError(f"no embeddings for zoom {zoom} in {path.parent.parent}; run "
+    path = embedding_store_location(workspace, zoom, store_url)
+    if is_store_url(path):
+        if not store_exists(path):
+            raise CacheError(f"no embeddings for zoom {zoom} at {path}; run "
+                             f"`soundmap embed --zoom {zoom} --store-url ...` first")
+    elif not (Path(path) / "zarr.json").is_file():
+        raise CacheError(f"no embeddings for zoom {zoom} in {Path(path).parent.parent}; run "
                          f"`soundmap embed --zoom {zoom}` first")
     store = EmbeddingStore.open(path)
     if model is not None:

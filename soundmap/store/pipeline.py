@@ -33,7 +33,8 @@ import numpy as np
 from ..errors import CacheError, InputError, ModelError, TileError
 from ..progress import info
 from ..progress import progress as progress_bar
-from .embeddings import CHUNK_CELLS, STORAGE_DTYPES, CellState, EmbeddingStore, StoreIdentity, embedding_store_path
+from .embeddings import (CHUNK_CELLS, STORAGE_DTYPES, CellState, EmbeddingStore, StoreIdentity, StoreLocation,
+                         embedding_store_location, is_store_url, store_exists)
 
 #: Default images per forward pass: small on CPU (no gain from large batches, lower latency per
 #: flushed batch), large on GPU (throughput).
@@ -63,7 +64,7 @@ class EmbedReport:
     """What one ``embed_region`` run did at one zoom level."""
 
     zoom: int
-    store_path: Path
+    store_path: StoreLocation
     total_cells: int          #: cells in the grid
     embedded: int = 0         #: cells embedded by this run
     already_done: int = 0     #: cells found embedded by an earlier run (skipped)
@@ -394,9 +395,12 @@ def embed_region(workspace: Any, zoom: int, model: Any = None, *, batch_size: in
                  device: str | Any = "auto", workers: int | None = None, progress: bool = True,
                  overwrite: bool = False, dtype: str = "float16", cache_dir: str | os.PathLike | None = None,
                  chunk_cells: int = CHUNK_CELLS, on_batch: Callable[[EmbedReport], None] | None = None,
-                 precision: str | None = None) -> EmbedReport:
+                 precision: str | None = None, store_url: str | None = None) -> EmbedReport:
     """Embed every cell of ``workspace``'s grid at ``zoom`` into its embedding store.
 
+    The store is in the workspace directory, or under the workspace's store URL (``store_url``,
+    else ``$SOUNDMAP_STORE_URL``, else the one recorded in the workspace: see
+    :func:`~soundmap.store.embeddings.embedding_store_location`).
     ``workspace`` is a :class:`~soundmap.workspace.Workspace` or its directory; ``model`` a loaded
     model, a model name/path, or None for the installed PSM model of the source's family.
     Resumes an existing store made with the same model, source, preprocessing and grid; refuses
@@ -421,8 +425,8 @@ def embed_region(workspace: Any, zoom: int, model: Any = None, *, batch_size: in
 
     job = _EmbedJob(workspace=ws, zoom=zoom, model=model, grid=grid, source=source, cache=cache, device=target,
                     batch_size=batch_size, workers=int(workers or default_workers(target)))
-    path = embedding_store_path(ws.path, zoom)
-    with exclusive_lock(path.with_name(path.name + ".lock")):
+    path = embedding_store_location(ws, zoom, store_url)
+    with store_lock(path):
         store = _open_store(path, job, dtype, overwrite, chunk_cells)
         return _embed_into(store, job, progress, on_batch)
 
@@ -533,6 +537,23 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def store_lock(location: StoreLocation) -> contextlib.AbstractContextManager[None]:
+    """The lock guarding one store's writers: :func:`exclusive_lock` on a sibling ``.lock`` file
+    for a local store; nothing for a store at a URL.
+
+    Why no lock on a URL: a local lock file cannot guard a remote store, and an object-store lock
+    (create-if-absent of a ``.lock`` key) is neither atomic on every fsspec backend nor released
+    when its holder dies, so a crashed run would leave a stale lock that blocks every later run.
+    On a URL the caller is the only writer: one client runs the embed (as the distributed path
+    does: its workers write disjoint chunks for that one client). Do not start two ``soundmap
+    embed`` runs against the same store URL.
+    """
+    if is_store_url(location):
+        return contextlib.nullcontext()
+    path = Path(location)
+    return exclusive_lock(path.with_name(path.name + ".lock"))
+
+
 class _NullBar:
     """Stands in for the progress bar when the caller asked for none."""
 
@@ -554,9 +575,10 @@ def _model_device(model: Any, wanted: Any) -> Any:
     return current
 
 
-def _open_store(path: Path, job: _EmbedJob, dtype: str, overwrite: bool, chunk_cells: int) -> EmbeddingStore:
+def _open_store(path: StoreLocation, job: _EmbedJob, dtype: str, overwrite: bool, chunk_cells: int) -> EmbeddingStore:
     """The existing store (resume, after checking it was made the same way) or a new one."""
-    if path.exists() and not overwrite:
+    exists = store_exists(path) if is_store_url(path) else Path(path).exists()
+    if exists and not overwrite:
         store = EmbeddingStore.open(path, writable=True)
         store.require_identity(job.identity)
         return store
