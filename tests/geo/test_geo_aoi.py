@@ -13,6 +13,7 @@ from pyproj import Transformer
 from soundmap.errors import InputError
 from soundmap.geo.bbox import BBox
 from soundmap.geo.grid import aoi_mask, make_grid, read_aoi
+from tests.fixtures.footprints import footprint_lonlat
 
 # An L-shaped polygon in Berlin (lon, lat): cells in the notch of the L must be dropped.
 L_SHAPE = [(13.30, 52.45), (13.50, 52.45), (13.50, 52.50), (13.36, 52.50), (13.36, 52.60),
@@ -34,16 +35,11 @@ def test_aoi_keeps_only_cells_intersecting_the_geometry(tmp_path: Path) -> None:
     mask = aoi_mask(grid, geometry)
     assert mask.shape == grid.shape
     # Independent check in lon/lat: each cell's densified footprint against the lon/lat polygon.
-    to_lonlat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
     polygon = shapely.Polygon(L_SHAPE)
-    t = np.linspace(0, 1, 20, endpoint=False)
     expected = np.zeros(grid.shape, dtype=bool)
     for r in range(grid.rows):
         for c in range(grid.cols):
-            minx, miny, maxx, maxy = grid.cell_bounds(r, c)
-            xs = np.concatenate([minx + (maxx - minx) * t, np.full_like(t, maxx), maxx - (maxx - minx) * t, np.full_like(t, minx)])
-            ys = np.concatenate([np.full_like(t, miny), miny + (maxy - miny) * t, np.full_like(t, maxy), maxy - (maxy - miny) * t])
-            lon, lat = to_lonlat.transform(xs, ys)
+            lon, lat = footprint_lonlat(grid, r, c, 20)
             expected[r, c] = shapely.Polygon(np.column_stack([lon, lat])).intersects(polygon)
     np.testing.assert_array_equal(mask, expected)
     # the notch of the L (north-east) really is dropped, the arms kept

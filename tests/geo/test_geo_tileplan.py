@@ -9,10 +9,10 @@ import mercantile
 import numpy as np
 import pytest
 import shapely
-from pyproj import Transformer
 
 from soundmap.geo.bbox import BBox
 from soundmap.geo.grid import make_grid
+from tests.fixtures.footprints import footprint_lonlat
 from soundmap.geo.tileplan import (choose_zoom, ground_resolution, lonlat_to_tile_fraction,
                                    planning_latitude, tiles_for_grid, web_mercator_zoom)
 
@@ -82,15 +82,10 @@ def test_lonlat_to_tile_fraction_agrees_with_mercantile() -> None:
 
 def brute_force_tiles(grid, z: int) -> set[tuple[int, int]]:
     """Every tile whose interior a densified footprint polygon overlaps, via mercantile."""
-    to_lonlat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
     tiles: set[tuple[int, int]] = set()
-    t = np.linspace(0, 1, 40, endpoint=False)
     for r in range(grid.rows):
         for c in range(grid.cols):
-            minx, miny, maxx, maxy = grid.cell_bounds(r, c)
-            xs = np.concatenate([minx + (maxx - minx) * t, np.full_like(t, maxx), maxx - (maxx - minx) * t, np.full_like(t, minx)])
-            ys = np.concatenate([np.full_like(t, miny), miny + (maxy - miny) * t, np.full_like(t, maxy), maxy - (maxy - miny) * t])
-            lon, lat = to_lonlat.transform(xs, ys)
+            lon, lat = footprint_lonlat(grid, r, c, 40)
             merc = [mercantile.xy(a, b) for a, b in zip(lon, lat)]
             footprint = shapely.Polygon(merc)
             for tile in mercantile.tiles(min(lon), min(lat), max(lon), max(lat), zooms=z):

@@ -190,7 +190,7 @@ def test_bing_style_metadata_call_gives_the_tile_template(
     assert sorted(tile_server.requests) == ["/REST/v1/Imagery/Metadata/Aerial?key=k3y&uriScheme=http",
                                             "/q/1.png?sub=t1&c=en-US", "/q/213.png?sub=t0&c=en-US"]
     assert cache.get(bing_like.cache_key, 3, 3, 5) == tile_png(3, 3, 5)
-    assert bing_like.cache_key.startswith("stable.invalid/")  # named by tiles.yaml's url, not the answer
+    assert bing_like.cache_key.startswith("stable.example.com/")  # named by tiles.yaml's url, not the answer
     tile_server.reset_counts()
     assert fetch_tiles(bing_like, [(3, 3, 5)], cache).cached == 1 and tile_server.requests == []
 
