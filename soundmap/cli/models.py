@@ -77,8 +77,11 @@ def pull_command(
     cookies: Annotated[Optional[Path], typer.Option("--cookies", help="A browser cookie export (Netscape cookies.txt) for drive.google.com, to get past Drive's download quota.", show_default=False)] = None,
     unsafe_pickle: UnsafePickleOpt = False, cache_dir: CacheDirOpt = None, quiet: QuietOpt = False,
 ) -> None:
-    """Download a released checkpoint (from the authors' Drive folder, Hugging Face or a URL;
-    resumable, verified against the lock file) and import it."""
+    """Download a released checkpoint (Drive folder, HF or URL; resumable, verified) and import it.
+
+    The first download of a model records its file id, size and sha256 in
+    <cache>/models/registry.lock.json; later pulls must match (a registry sha256 always wins).
+    """
     from ..models.registry import pull_all, pull_model
 
     apply_quiet(quiet)
@@ -106,7 +109,7 @@ def verify_command(
     name: Annotated[str, typer.Argument(help="An installed model name.")],
     cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Check an installed model against the sha256 recorded on its first download (lock file) or in the registry."""
+    """Check an installed model against the sha256 recorded at its first download or in the registry."""
     from ..models.registry import verify_model
 
     sha = verify_model(name, cache_dir)
@@ -178,7 +181,7 @@ def remove_command(
 def clap_files_command(
     dest: Annotated[Optional[Path], typer.Option("--dest", help="Also copy them into this directory (default: only the Hugging Face cache).")] = None,
 ) -> None:
-    """Fetch CLAP's tokenizer and audio-feature settings (a few MB, no weights) into the Hugging Face cache."""
+    """Fetch CLAP's tokenizer and audio-feature settings (a few MB, no weights) into the HF cache."""
     from ..preprocess.text import download_clap_files
 
     typer.echo(str(download_clap_files(dest)))

@@ -287,3 +287,14 @@ def test_lock_file_is_json_with_one_record_per_model(tmp_path: Path) -> None:
     assert data["version"] == 1 and data["models"]["a"]["source_id"] == "drive:1"
     assert data["models"]["a"]["weights_sha256"] == "w" and lockfile.read_lock()["models"].keys() == {"a"}
     assert lockfile.locked("b") is None
+
+
+def test_progress_bar_shows_bytes_and_rate_and_quiet_silences_it(psm_drive: DriveServer, monkeypatch,
+                                                                 capsys) -> None:
+    monkeypatch.delenv("SOUNDMAP_QUIET", raising=False)
+    code, err = _cli(["models", "pull", NAME], capsys)
+    assert code == 0 and f"{NAME}:" in err and "B/s" in err and "M" in err  # name, size, rate
+    run(["models", "remove", NAME, "-q"])
+    capsys.readouterr()
+    code, err = _cli(["models", "pull", NAME, "--quiet"], capsys)
+    assert code == 0 and err == ""
