@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+
+from tests.fixtures.drive_server import serving
 
 
 @dataclass
@@ -96,22 +97,8 @@ def _handler(owner: FileServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:  # clients hanging up early is what tests do
-        pass
-
-
 @pytest.fixture()
 def file_server():
     owner = FileServer()
-    server = _QuietServer(("127.0.0.1", 0), _handler(owner))
-    owner.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(owner)) as owner.url:
         yield owner
-    finally:
-        server.shutdown()
-        server.server_close()
