@@ -85,13 +85,14 @@ def check_url(url: str) -> str:
                             "on disk run `soundmap models import FILE --name NAME`")
     return url
 _DRIVE_FILE = re.compile(r"/file/d/([A-Za-z0-9_-]+)")
+DRIVE_HOSTS = ("drive.google.com", "docs.google.com", "drive.usercontent.google.com")
 
 
 def normalize_url(url: str) -> str:
     """Turn a Google Drive file link into its direct-download form; other URLs pass unchanged."""
     parsed = urlparse(url)
     host = parsed.netloc.lower()
-    if host not in ("drive.google.com", "docs.google.com", "drive.usercontent.google.com"):
+    if host not in DRIVE_HOSTS:
         return url
     if "/folders/" in parsed.path:
         raise DownloadError("Google Drive folder links cannot be downloaded directly; open the folder in a "

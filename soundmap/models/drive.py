@@ -203,14 +203,29 @@ def parse_embedded_page(page: str) -> list[DriveItem] | None:
     return parser.items
 
 
+PAGE_DEADLINE_S = 120.0
+"""Seconds one folder page may take to arrive in full (a trickling server is cut off)."""
+
+
 def _get_page(session, url: str) -> tuple[int, str]:
+    """GET a (small) web page: timeouts per read, a deadline for the whole page, a size bound."""
+    import time
+
     import requests
+
+    from soundmap.download import HTML_PAGE_LIMIT
 
     check_url(url)
     for attempt in range(3):
         try:
-            response = session.get(url, timeout=timeouts())
-            return response.status_code, response.text
+            with session.get(url, timeout=timeouts(), stream=True) as response:
+                deadline, chunks, size = time.monotonic() + PAGE_DEADLINE_S, [], 0
+                for block in response.iter_content(1 << 16):
+                    chunks.append(block)
+                    size += len(block)
+                    if size > HTML_PAGE_LIMIT or time.monotonic() > deadline:
+                        raise DriveError(f"{url} sent an oversized or endless page")
+                return response.status_code, b"".join(chunks).decode(response.encoding or "utf-8", errors="replace")
         except (requests.ConnectionError, requests.Timeout) as err:
             if attempt == 2:
                 raise DriveError(f"could not reach {url} ({type(err).__name__})") from None

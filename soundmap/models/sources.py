@@ -30,11 +30,15 @@ class Fetched(NamedTuple):
 def fetch_url(entry: Any, dest_dir: Path, *, url: str | None = None, size: int | None = None,
               max_bytes: int | None = None, **_: Any) -> Fetched:
     """The ``url`` kind (and ``models pull --url``): a resumable, bounded http(s) download."""
-    from soundmap.download import download
+    from urllib.parse import urlparse
+
+    from soundmap.download import DRIVE_HOSTS, download
+    from soundmap.models.drive import confirmation_url
 
     source_url = url or entry.source["url"]
+    on_html = confirmation_url if (urlparse(source_url).hostname or "") in DRIVE_HOSTS else None
     dest = download(source_url, Path(dest_dir) / f"{entry.name}.ckpt", size=size, max_bytes=max_bytes,
-                    desc=entry.name)
+                    desc=entry.name, on_html=on_html)  # a Drive file link may still show the scan page
     return Fetched(dest, f"url:{source_url}", dest.stat().st_size)
 
 

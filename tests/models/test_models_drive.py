@@ -140,6 +140,13 @@ def test_changed_folder_layout_is_one_line(psm_drive: DriveServer, capsys) -> No
     assert not psm_drive.downloads()
 
 
+def test_oversized_folder_page_is_cut_off(psm_drive: DriveServer, capsys) -> None:
+    psm_drive.page_padding = 5 << 20
+    code, err = _cli(["models", "pull", NAME], capsys)
+    _assert_one_line_failure(code, err)
+    assert "oversized or endless page" in err
+
+
 def test_file_missing_from_the_folder_is_one_line(drive_server: DriveServer, capsys, clap_files,
                                                   monkeypatch) -> None:
     drive_server.add_file(PSM_FOLDER_ID, "z2tpbd70/epoch=1-other.ckpt", b"x")
