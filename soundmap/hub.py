@@ -20,7 +20,9 @@ or cache.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,21 @@ def hub_settings() -> HubSettings:
     return HubSettings(endpoint=endpoint, cache_dir=cache.expanduser(), offline=offline())
 
 
+@contextlib.contextmanager
+def _hub_mode(settings: HubSettings) -> Iterator[None]:
+    """Make ``huggingface_hub``'s offline switch agree with ``settings`` for one call: the library
+    keeps its import-time reading of HF_HUB_OFFLINE in a module constant that its HTTP session
+    checks, so a process that imported it while offline could otherwise never download."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = settings.offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
 def _quiet_bars() -> None:
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
@@ -97,9 +114,10 @@ def hub_file(repo_id: str, filename: str, *, repo_type: str = "model", revision:
             return Path(cached)
     _quiet_bars()
     try:
-        path = hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision,
-                               cache_dir=settings.cache_dir, endpoint=settings.endpoint,
-                               local_files_only=settings.offline)
+        with _hub_mode(settings):
+            path = hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision,
+                                   cache_dir=settings.cache_dir, endpoint=settings.endpoint,
+                                   local_files_only=settings.offline)
     except LocalEntryNotFoundError:
         if settings.offline:
             raise _missing_offline(repo_id, filename, settings) from None
@@ -138,9 +156,10 @@ def hub_snapshot(repo_id: str, *, allow_patterns: list[str] | str | None = None,
             pass  # not cached yet: download below
     _quiet_bars()
     try:
-        path = snapshot_download(repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns,
-                                 cache_dir=settings.cache_dir, endpoint=settings.endpoint,
-                                 local_files_only=settings.offline)
+        with _hub_mode(settings):
+            path = snapshot_download(repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns,
+                                     cache_dir=settings.cache_dir, endpoint=settings.endpoint,
+                                     local_files_only=settings.offline)
     except LocalEntryNotFoundError:
         if settings.offline:
             raise _missing_offline(repo_id, "a snapshot", settings) from None

@@ -20,6 +20,9 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.delenv("SOUNDMAP_WORKSPACE", raising=False)
     monkeypatch.delenv("SOUNDMAP_SCHEDULER", raising=False)
+    # Google Drive: a closed loopback port unless a test starts tests/fixtures/drive_server.py
+    monkeypatch.setenv("SOUNDMAP_DRIVE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SOUNDMAP_DRIVE_DOWNLOAD_URL", "http://127.0.0.1:9")
     os.environ.setdefault("SOUNDMAP_QUIET", "1")
 
 

@@ -71,46 +71,77 @@ def import_command(
 @models_app.command("pull")
 def pull_command(
     name: Annotated[Optional[str], typer.Argument(help="A released model name (see `models list --available`).")] = None,
-    url: Annotated[Optional[str], typer.Option("--url", help="Download this checkpoint URL instead (Google Drive file links work).")] = None,
-    keep: Annotated[bool, typer.Option("--keep", help="Keep the downloaded .ckpt after importing.")] = False,
+    url: Annotated[Optional[str], typer.Option("--url", help="Download this checkpoint URL instead (http/https; Google Drive file links work).")] = None,
+    all_models: Annotated[bool, typer.Option("--all", help="Pull every released model not installed yet.")] = False,
+    keep: Annotated[bool, typer.Option("--keep-checkpoint", "--keep", help="Keep the downloaded .ckpt (in <cache>/downloads) after importing.")] = False,
+    cookies: Annotated[Optional[Path], typer.Option("--cookies", help="A browser cookie export (Netscape cookies.txt) for drive.google.com, to get past Drive's download quota.", show_default=False)] = None,
     unsafe_pickle: UnsafePickleOpt = False, cache_dir: CacheDirOpt = None, quiet: QuietOpt = False,
 ) -> None:
-    """Download a released checkpoint (resumable, verified) and import it."""
-    from ..models.registry import pull_model
+    """Download a released checkpoint (Drive folder, HF or URL; resumable, verified) and import it.
+
+    The first download of a model records its file id, size and sha256 in
+    <cache>/models/registry.lock.json; later pulls must match (a registry sha256 always wins).
+    """
+    from ..models.registry import pull_all, pull_model
 
     apply_quiet(quiet)
+    options = dict(cache_dir=cache_dir, unsafe_pickle=unsafe_pickle, keep_download=keep, cookies=cookies)
+    if all_models:
+        if name is not None or url is not None:
+            raise InputError("--all pulls every released model: give no NAME and no --url with it")
+        for path in pull_all(**options):
+            typer.echo(str(path))
+        return
     if name is None and url is None:
-        raise InputError("give a model NAME or --url URL")
+        raise InputError("give a model NAME, --url URL or --all")
     if name is None:
-        stem = Path(urlparse(url).path).stem or "model"
+        from ..download import check_url
+
+        stem = Path(urlparse(check_url(url)).path).stem or "model"
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"
-    path = pull_model(name, url=url, cache_dir=cache_dir, unsafe_pickle=unsafe_pickle, keep_download=keep)
+    path = pull_model(name, url=url, **options)
     info(f"installed {name}")
     typer.echo(str(path))
 
 
+@models_app.command("verify")
+def verify_command(
+    name: Annotated[str, typer.Argument(help="An installed model name.")],
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Check an installed model against the sha256 recorded at its first download or in the registry."""
+    from ..models.registry import verify_model
+
+    sha = verify_model(name, cache_dir)
+    typer.echo(f"{name}: ok (checkpoint sha256 {sha})")
+
+
 @models_app.command("list")
 def list_command(
-    available: Annotated[bool, typer.Option("--available", help="Also list released models not installed yet.")] = False,
+    available: Annotated[bool, typer.Option("--available", help="Also list released models not installed yet, with where they come from and their licence.")] = False,
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """List installed models (name, variant, family, metadata, size)."""
     from ..models.registry import installed_models, load_registry
+    from ..models.sources import describe
 
     rows = [(m.name, m.config.variant, m.config.family, _metadata_label(m.config.metadata), _size(m.size_bytes))
             for m in installed_models(cache_dir)]
     if not rows and not available:
         typer.echo("no models installed; see `soundmap models list --available` and `soundmap models pull NAME`")
         return
-    installed = {r[0] for r in rows}
+    header = ("name", "variant", "family", "metadata", "size")
     if available:
-        for entry in load_registry().entries.values():
-            if entry.name not in installed:
-                rows.append((entry.name, entry.variant, entry.family, _metadata_label(entry.metadata),
-                             "not installed"))
-    widths = [max(len(str(r[i])) for r in rows + [("name", "variant", "family", "metadata", "size")])
-              for i in range(5)]
-    for row in [("name", "variant", "family", "metadata", "size"), *rows]:
+        header += ("source", "licence")
+        registry = load_registry()
+        known = {r[0]: r for r in rows}
+        rows = [r + ("", "") for r in rows if r[0] not in registry.entries]
+        for entry in registry.entries.values():
+            base = known.get(entry.name) or (entry.name, entry.variant, entry.family, _metadata_label(entry.metadata),
+                                             "not installed")
+            rows.append(base + (describe(entry.source), entry.licence or "?"))
+    widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(len(header))]
+    for row in [header, *rows]:
         typer.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
@@ -148,9 +179,9 @@ def remove_command(
 
 @models_app.command("clap-files")
 def clap_files_command(
-    dest: Annotated[Optional[Path], typer.Option("--dest", help="Directory to put them in (default <cache>/clap).")] = None,
+    dest: Annotated[Optional[Path], typer.Option("--dest", help="Also copy them into this directory (default: only the Hugging Face cache).")] = None,
 ) -> None:
-    """Fetch CLAP's tokenizer and audio-feature settings (a few MB, no weights)."""
+    """Fetch CLAP's tokenizer and audio-feature settings (a few MB, no weights) into the HF cache."""
     from ..preprocess.text import download_clap_files
 
     typer.echo(str(download_clap_files(dest)))

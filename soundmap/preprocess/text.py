@@ -5,7 +5,9 @@ The reference tokenizes with ``RobertaTokenizer.from_pretrained('roberta-base')`
 text encoders"). ``laion/clap-htsat-fused`` ships the same roberta-base BPE vocabulary
 (``vocab.json`` + ``merges.txt``), so soundmap reads it from that repository's files. They are
 looked up on disk only — never downloaded implicitly — so that encoding works offline and a
-missing file is a clear one-line :class:`ModelError`, not a network hang.
+missing file is a clear one-line :class:`ModelError`, not a network hang. They are fetched on
+purpose by :func:`ensure_clap_files` (the first ``soundmap models pull``) or ``soundmap models
+clap-files``, into the Hugging Face cache, through :mod:`soundmap.hub`.
 """
 
 from __future__ import annotations
@@ -36,15 +38,10 @@ MAX_TEXT_TOKENS = 128
 
 
 def _hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, read from the environment at call time (HF_HUB_CACHE >
-    HUGGINGFACE_HUB_CACHE > HF_HOME/hub > ~/.cache/huggingface/hub)."""
-    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(variable):
-            return Path(os.environ[variable]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    return xdg_cache / "huggingface" / "hub"
+    """The Hugging Face hub cache as the environment says now (see :func:`soundmap.hub.hub_settings`)."""
+    from soundmap.hub import hub_settings
+
+    return hub_settings().cache_dir
 
 
 def _hub_snapshot_dirs(repo_id: str = CLAP_REPO_ID) -> list[Path]:
@@ -117,18 +114,28 @@ def locate_clap_files(
 
 
 def download_clap_files(dest: str | os.PathLike | None = None) -> Path:
-    """Fetch :data:`CLAP_FILES` (a few MB, no weights) from the hub into ``dest``
-    (default ``<cache_dir>/clap``) and return the directory. Network; never called by tests."""
-    from huggingface_hub import hf_hub_download
+    """Fetch :data:`CLAP_FILES` (a few MB, never the weights) into the Hugging Face cache and
+    return their snapshot directory; with ``dest``, also copy them there. Files already cached
+    cost no request; offline, a missing file is a one-line ModelError naming it."""
+    import shutil
 
-    target = Path(dest).expanduser() if dest else default_clap_dir()
+    from soundmap.hub import hub_file
+
+    paths = [hub_file(CLAP_REPO_ID, name) for name in CLAP_FILES]
+    if dest is None:
+        return paths[0].parent
+    target = Path(dest).expanduser()
     target.mkdir(parents=True, exist_ok=True)
-    for name in CLAP_FILES:
-        try:
-            hf_hub_download(CLAP_REPO_ID, name, local_dir=target)
-        except Exception as exc:  # network / hub errors become one actionable line
-            raise ModelError(f"could not download {name} from {CLAP_REPO_ID}: {exc}") from exc
+    for path in paths:
+        shutil.copyfile(path, target / path.name)
     return target
+
+
+def ensure_clap_files() -> Path:
+    """The directory holding every CLAP file, fetching the missing ones (no request when all are
+    already in ``$SOUNDMAP_CLAP_DIR``, ``<cache>/clap`` or the hub cache)."""
+    found = find_clap_files(required=CLAP_FILES)
+    return found if found is not None else download_clap_files()
 
 
 class TextTokenizer:

@@ -125,21 +125,35 @@ def default_map_zoom(bbox: Any) -> int:
 def ensure_map_model(model: Any, family: str, *, yes: bool, confirm: Callable[[str], bool],
                      device: str = "auto", cache_dir: str | os.PathLike | None = None) -> Any:
     """The model for ``soundmap map``: ``model`` if given, else the default PSM model of ``family``
-    (:data:`MAP_DEFAULT_MODELS`); when it is not installed, offer to pull it (``confirm``), or pull
-    it without asking under ``yes``. Declining is a one-line ModelError saying what to run."""
-    if model is not None:
-        return load_query_model(model, None, device=device, cache_dir=cache_dir)
+    (:data:`MAP_DEFAULT_MODELS`). A released model (default or named by ``--model``) that is not
+    installed is offered for download (``confirm``), or pulled without asking under ``yes``;
+    declining, or no terminal to ask on, is a one-line ModelError with the exact command."""
     from ..models import registry
 
-    name = MAP_DEFAULT_MODELS.get(family)
+    if model is not None and (hasattr(model, "fuse") or str(model) not in registry.load_registry().entries):
+        return load_query_model(model, None, device=device, cache_dir=cache_dir)
+    name = str(model) if model is not None else MAP_DEFAULT_MODELS.get(family)
     if name is None:
         raise ModelError(f"no default model for {family} imagery; pass --model NAME (see `soundmap models list`)")
     if name not in {installed.name for installed in registry.installed_models(cache_dir)}:
-        if not yes and not confirm(f"The default model {name!r} is not installed. Download it now?"):
+        if not yes and not confirm(pull_question(name, cache_dir)):
             raise ModelError(f"model {name!r} is not installed; run `soundmap models pull {name}`, "
-                             "pass --yes to pull it, or pass --model")
+                             "or pass --yes to pull it now, or pass --model")
         registry.pull_model(name, cache_dir=cache_dir)
     return _load_model(name, device=device, cache_dir=cache_dir)
+
+
+def pull_question(name: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """"Download NAME (1.0 GB) from the authors' Google Drive folder?" — the size when known
+    (registry or lock file), the place from the entry's source."""
+    from ..models import lockfile, registry
+
+    entry = registry.load_registry().get(name)
+    size = entry.size or (lockfile.locked(name, cache_dir) or {}).get("size")
+    where = {"drive": "the authors' Google Drive folder", "hf": f"Hugging Face ({entry.source.get('repo')})",
+             "url": entry.source.get("url")}.get(entry.source.get("kind", ""), "its source")
+    amount = f" ({size / 1e9:.1f} GB)" if size else ""
+    return f"Download {name}{amount} from {where}?"
 
 
 def map_region(bbox: Any, options: QueryOptions, *, source: str = MAP_DEFAULT_SOURCE, zoom: int | None = None,

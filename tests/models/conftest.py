@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-import threading
+import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+
+from tests.fixtures.drive_server import serving
 
 
 @dataclass
@@ -16,6 +18,8 @@ class FileServer:
 
     ``cut_next`` makes the next N full-body responses stop after that many bytes (a dropped
     connection); ``honour_range`` False answers every request with the whole file (200).
+    ``omit_length`` sends no Content-Length (the body ends when the connection closes);
+    ``trickle_s`` sleeps that long between 1 KiB pieces; ``stall_s`` sleeps after the headers.
     Every request is recorded as (path, Range header or None, status).
     """
 
@@ -23,6 +27,9 @@ class FileServer:
     honour_range: bool = True
     cut_after: int | None = None
     cut_next: int = 0
+    omit_length: bool = False
+    trickle_s: float = 0.0
+    stall_s: float = 0.0
     requests: list[tuple[str, str | None, int]] = field(default_factory=list)
     url: str = ""
 
@@ -62,10 +69,23 @@ def _handler(owner: FileServer) -> type[BaseHTTPRequestHandler]:
             owner.requests.append((path, range_header, status))
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
+            if owner.omit_length:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(len(body)))
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             self.end_headers()
+            if owner.stall_s or owner.trickle_s:
+                self.wfile.flush()
+                time.sleep(owner.stall_s)
+            if owner.trickle_s:
+                for i in range(0, len(body), 1024):
+                    self.wfile.write(body[i:i + 1024])
+                    self.wfile.flush()
+                    time.sleep(owner.trickle_s)
+                return
             if owner.cut_next > 0 and owner.cut_after is not None:
                 owner.cut_next -= 1
                 self.wfile.write(body[:owner.cut_after])
@@ -80,13 +100,5 @@ def _handler(owner: FileServer) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture()
 def file_server():
     owner = FileServer()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(owner))
-    server.daemon_threads = True
-    owner.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(owner)) as owner.url:
         yield owner
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -109,7 +109,7 @@ def test_pull_registry_entry_uses_its_hash_and_checks_the_variant(file_server, t
     file_server.files["/psm.ckpt"] = psm_bytes
     file_server.files["/geo.ckpt"] = geo_bytes
     registry_file = tmp_path / "models.yaml"
-    registry_file.write_text(yaml.safe_dump({"folder_url": "https://example.invalid/folder", "models": {
+    registry_file.write_text(yaml.safe_dump({"readme": "https://example.invalid/readme", "models": {
         "psm-geosound-sentinel-meta": {"variant": "psm", "family": "sentinel", "metadata": "all", "dataset": "GeoSound",
                                        "experiment": "e1", "url": file_server.url_for("psm.ckpt"),
                                        "sha256": hashlib.sha256(psm_bytes).hexdigest(), "size": len(psm_bytes)},
@@ -120,10 +120,7 @@ def test_pull_registry_entry_uses_its_hash_and_checks_the_variant(file_server, t
         "psm-nolink": {"variant": "psm", "family": "sentinel", "metadata": "all", "dataset": "GeoSound",
                        "experiment": "e4", "folder_path": "run/epoch=0.ckpt", "url": None},
     }}))
-    import soundmap.models.registry as registry_module
-
-    original = registry_module.load_registry
-    monkeypatch.setattr(registry_module, "load_registry", lambda path=None: original(registry_file))
+    monkeypatch.setenv("SOUNDMAP_REGISTRY", str(registry_file))
     pull_model("psm-geosound-sentinel-meta")
     assert load_model("psm-geosound-sentinel-meta", device="cpu").config.source["registry_name"] == "psm-geosound-sentinel-meta"
     with pytest.raises(ModelError, match="registry says"):
@@ -131,11 +128,12 @@ def test_pull_registry_entry_uses_its_hash_and_checks_the_variant(file_server, t
     assert not (model_dir() / "psm-wrong").exists()
     with pytest.raises(DownloadError, match="SHA-256 mismatch"):
         pull_model("psm-badhash")
-    with pytest.raises(ModelError, match=r"download run/epoch=0.ckpt from https://example.invalid/folder"):
+    with pytest.raises(ModelError, match=r"no download source is recorded for psm-nolink; download run/epoch=0.ckpt "
+                                         r"from https://example.invalid/readme"):
         pull_model("psm-nolink")
 
 
-def test_cli_import_list_info_remove(tiny_psm_model, tmp_path: Path, capsys) -> None:
+def test_cli_import_list_info_remove(tiny_psm_model, tmp_path: Path, capsys, monkeypatch) -> None:
     ckpt = write_author_checkpoint(tiny_psm_model, tmp_path / "c.ckpt")
     assert run(["models", "import", str(ckpt), "--name", "cli-psm", "-q"]) == 0
     capsys.readouterr()
@@ -153,5 +151,6 @@ def test_cli_import_list_info_remove(tiny_psm_model, tmp_path: Path, capsys) -> 
     assert run(["models", "info", "cli-psm"]) == 2
     assert "not installed" in capsys.readouterr().err
     assert run(["models", "import", str(tmp_path / "nope.ckpt"), "--name", "x"]) == 2
-    assert run(["models", "pull", "psm-geosound-bing-meta"]) == 2  # no direct link recorded yet
+    monkeypatch.setenv("SOUNDMAP_OFFLINE", "1")
+    assert run(["models", "pull", "psm-geosound-bing-meta"]) == 2  # offline: names the file and the manual route
     assert "models import FILE --name psm-geosound-bing-meta" in capsys.readouterr().err
