@@ -113,7 +113,7 @@ def list_command(
     for row in [("name", "variant", "family", "metadata", "size"), *rows]:
         typer.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
     if available:  # the study's auxiliary encoders (soundmap/data/aux_models.yaml), fetched on first use
-        from ..models.hub import aux_model_lines
+        from ..models.auxiliary import aux_model_lines
 
         for line in aux_model_lines():
             typer.echo(line)

@@ -107,7 +107,7 @@ class ASTEncoder:
 
 def load_ast(device: str = "cpu") -> ASTEncoder:
     """The study's AST (``aux_models.yaml`` entry ``ast``), downloaded on first use."""
-    from .hub import fetch_aux
+    from .auxiliary import fetch_aux
 
     return ASTEncoder(fetch_aux("ast"), device=device)
 

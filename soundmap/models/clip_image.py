@@ -202,21 +202,35 @@ def load_clip(device: str = "cpu", directory: str | os.PathLike | None = None) -
     """OpenAI CLIP ViT-L/14's image tower (``aux_models.yaml`` entry ``clip``)."""
     from transformers import CLIPVisionModelWithProjection
 
-    from .hub import fetch_aux
+    from .auxiliary import fetch_aux
 
     folder = Path(directory) if directory is not None else fetch_aux("clip")
     try:
-        model = CLIPVisionModelWithProjection.from_pretrained(str(folder), local_files_only=True)
+        model = CLIPVisionModelWithProjection.from_pretrained(str(folder), config=_vision_config(folder),
+                                                              local_files_only=True)
     except (OSError, ValueError) as err:
         raise ModelError(f"CLIP files in {folder} are unreadable ({str(err).splitlines()[0]})") from None
     return CLIPImageEncoder(model, image_processor(folder, model.config.image_size), "clip", device)
+
+
+def _vision_config(folder: Path) -> Any:
+    """The vision tower's config of a whole-CLIP snapshot, with the *model's* projection size
+    (a vision sub-config may not carry it and would default to 512)."""
+    from transformers import AutoConfig, CLIPConfig
+
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    if isinstance(config, CLIPConfig):
+        vision = config.vision_config
+        vision.projection_dim = config.projection_dim
+        return vision
+    return config
 
 
 def load_remoteclip(device: str = "cpu", path: str | os.PathLike | None = None) -> CLIPImageEncoder:
     """RemoteCLIP ViT-L/14 (``aux_models.yaml`` entry ``remoteclip``), mapped onto transformers."""
     import torch
 
-    from .hub import fetch_aux
+    from .auxiliary import fetch_aux
 
     file = Path(path) if path is not None else fetch_aux("remoteclip")
     try:

@@ -60,6 +60,6 @@ class CLIPSegSegmenter:
 
 def load_clipseg(device: str = "cpu") -> CLIPSegSegmenter:
     """CLIPSeg rd64 refined (``aux_models.yaml`` entry ``clipseg``), downloaded on first use."""
-    from .hub import fetch_aux
+    from .auxiliary import fetch_aux
 
     return CLIPSegSegmenter(fetch_aux("clipseg"), device=device)
