@@ -297,7 +297,8 @@ def render_study_png(analyses: dict[str, Analysis], dest: Path, title: str = "")
                "bga_geophony": "tab:blue", "bga": "tab:brown"}
     for ax, panel in zip(axes, panels):
         if panel == "views":
-            _bars(ax, views, [analyses[v].overall for v in views], [colours[v] for v in views])
+            _bars(ax, views, [analyses[v].overall for v in views], [colours[v] for v in views],
+                  [STUDY_REFERENCE["overall"].get(v) for v in views])
             ax.set_title("audio vs image similarity (overall)", fontsize=9)
         elif panel == "groups":
             width = 0.8 / len(views)
@@ -306,11 +307,11 @@ def render_study_png(analyses: dict[str, Analysis], dest: Path, title: str = "")
                 rs = [analyses[view].groups[g].r if g in analyses[view].groups else np.nan for g in groups]
                 ax.bar(xs, np.nan_to_num(rs), width, color=colours[view], label=view)
             ax.set_xticks(np.arange(len(groups)), groups, fontsize=7)
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=6, loc="best")
             ax.set_title("per group", fontsize=9)
         else:
             _bars(ax, [b.replace("bga_", "") for b in bgas], [analyses[b].overall for b in bgas],
-                  [colours[b] for b in bgas])
+                  [colours[b] for b in bgas], [STUDY_REFERENCE["overall"].get(f"aerial_{b}") for b in bgas])
             ax.set_title("audio vs land-cover BGA similarity", fontsize=9)
         ax.axhline(0.0, color="0.3", linewidth=0.6)
         ax.set_ylabel("Pearson r", fontsize=8)
@@ -323,10 +324,20 @@ def render_study_png(analyses: dict[str, Analysis], dest: Path, title: str = "")
     return dest
 
 
-def _bars(ax: Any, labels: list[str], results: list[Any], colours: list[str]) -> None:
+def _bars(ax: Any, labels: list[str], results: list[Any], colours: list[str],
+          study: list[float | None] | None = None) -> None:
+    """One bar per analysis (annotated r and Mantel p); the study's reported r as black ticks."""
     rs = [r.r for r in results]
     ax.bar(range(len(labels)), np.nan_to_num(rs), color=colours)
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    marks = [(x, v) for x, v in enumerate(study or []) if v is not None]
+    if marks:
+        ax.scatter([x for x, _ in marks], [v for _, v in marks], marker="_", s=400, color="black", zorder=3,
+                   label="study's r (London, NY, Tokyo)")
+        ax.legend(fontsize=6, loc="lower right")
+    finite = [v for v in rs + [v for _, v in marks] if not math.isnan(v)]
+    if finite:
+        ax.set_ylim(min(0.0, min(finite)) - 0.05, max(0.0, max(finite)) + 0.2)
     for x, result in enumerate(results):
         if not math.isnan(result.r):
             ax.annotate(f"{result.r:.2f}\np={_fmt(result.p)}", (x, result.r), ha="center",
