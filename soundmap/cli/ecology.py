@@ -113,14 +113,13 @@ def _segmented_bga(segmenter: str, *, out: Path, compare: bool, weights, zoom, f
     prompts = load_prompt_table(weights)
     ws = _workspace_or_none(workspace)
     if source is not None:
-        src = resolve_source(source, family=family if ws is None else ws.family, config_path=tiles_config)
+        src = resolve_source(source, config_path=tiles_config)
     elif ws is not None:
         src = ws.source()
     else:
         raise InputError(f"--segmenter {segmenter} needs imagery: give --source (tiles.yaml name, XYZ template "
                          "or raster) or run it in a workspace")
-    grid = bga_grid(ws, bbox=bbox, zoom=zoom, family=src.family if ws is None else family, stride=stride,
-                    learned=None)
+    grid = bga_grid(ws, bbox=bbox, zoom=zoom, family=family, stride=stride, learned=None)
     model = load_segmenter(segmenter, device=resolve_device(device))
     run = make_segmented_bga(grid, src, model, prompts, out, cache_dir=cache_dir,
                              mask=workspace_mask(ws, grid, zoom), segmenter_name=segmenter)

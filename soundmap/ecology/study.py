@@ -307,7 +307,11 @@ def render_study_png(analyses: dict[str, Analysis], dest: Path, title: str = "")
                 rs = [analyses[view].groups[g].r if g in analyses[view].groups else np.nan for g in groups]
                 ax.bar(xs, np.nan_to_num(rs), width, color=colours[view], label=view)
             ax.set_xticks(np.arange(len(groups)), groups, fontsize=7)
-            ax.legend(fontsize=6, loc="best")
+            tops = [analyses[v].groups[g].r for v in views for g in analyses[v].groups]
+            finite = [r for r in tops if not math.isnan(r)]
+            if finite:
+                ax.set_ylim(min(0.0, min(finite)) - 0.05, max(0.0, max(finite)) + 0.25)
+            ax.legend(fontsize=6, loc="upper center", ncol=min(4, len(views)))
             ax.set_title("per group", fontsize=9)
         else:
             _bars(ax, [b.replace("bga_", "") for b in bgas], [analyses[b].overall for b in bgas],
@@ -334,7 +338,7 @@ def _bars(ax: Any, labels: list[str], results: list[Any], colours: list[str],
     if marks:
         ax.scatter([x for x, _ in marks], [v for _, v in marks], marker="_", s=400, color="black", zorder=3,
                    label="study's r (London, NY, Tokyo)")
-        ax.legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=6, loc="upper left")
     finite = [v for v in rs + [v for _, v in marks] if not math.isnan(v)]
     if finite:
         ax.set_ylim(min(0.0, min(finite)) - 0.05, max(0.0, max(finite)) + 0.2)
