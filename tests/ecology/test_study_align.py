@@ -136,3 +136,19 @@ def test_bad_input_is_one_line_and_exit_2_before_any_model_is_loaded(tmp_path: P
                               "--no-bga", "-q"], "shorter than one 10 s AST segment")
     _one_line_exit_2(capsys, [*base, "--image-encoder", "model", "--combine-views"], "--combine-views")
     _one_line_exit_2(capsys, [*base, "--audio-encoder", "clap"], "--audio-encoder 'clap'")
+
+
+def test_plain_p_is_pearsons_over_the_pairs_and_matches_the_studys_figures() -> None:
+    from scipy.stats import pearsonr
+
+    from soundmap.ecology.stats import mantel, pairs_p_value
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(15, 3))
+    a, b = cosine_similarity_matrix(x), cosine_similarity_matrix(x + rng.normal(scale=2.0, size=x.shape))
+    result = mantel(a, b, permutations=99)
+    i, j = np.triu_indices(15, k=1)
+    assert result.p_pairs == pytest.approx(pearsonr(a[i, j], b[i, j]).pvalue, rel=1e-6)
+    # the study's London aerial segmentation: r = 0.12 over 100 sites (4950 pairs), p = 1.1e-17
+    assert 1e-18 < pairs_p_value(0.12, 4950) < 1e-16
+    assert pairs_p_value(0.12, 4950, "greater") == pytest.approx(pairs_p_value(0.12, 4950) / 2)
