@@ -181,6 +181,7 @@ def align_command(
     street_image_column: Annotated[str, typer.Option("--street-image-column", help="Manifest column of street-level images (for clip / --combine-views).")] = "street_image",
     combine_views: Annotated[bool, typer.Option("--combine-views", help="CLIP street + RemoteCLIP aerial embeddings and their combination (concatenated unit vectors: mean of the two cosine similarities).")] = False,
     family: Annotated[str, typer.Option("--family", help="Imagery family (footprint) of the aerial imagery rendered for RemoteCLIP and of the land-cover footprint with the study's encoders.")] = "sentinel",
+    segmenter: Annotated[str, typer.Option("--segmenter", help="BGA source: worldcover (land cover around each recording) or clipseg (CLIPSeg on the aerial images into the study's aerial classes, and on street images into its street classes; adds the segmentation-similarity analyses).")] = "worldcover",
 ) -> None:
     from ..ecology.align import AlignOptions, run_align
 
@@ -192,7 +193,8 @@ def align_command(
                            weights=weights, worldcover_year=worldcover_year, worldcover_url=worldcover_url,
                            cache_dir=cache_dir, device=device, tiles_config=tiles_config,
                            audio_encoder=audio_encoder, image_encoder=image_encoder,
-                           street_image_column=street_image_column, combine_views=combine_views, family=family)
+                           street_image_column=street_image_column, combine_views=combine_views, family=family,
+                           segmenter=segmenter)
     result = run_align(options)
     for path in result.paths:
         typer.echo(str(path))

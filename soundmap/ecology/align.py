@@ -202,11 +202,13 @@ class AlignOptions:
     street_image_column: str = "street_image"
     combine_views: bool = False
     family: str = "sentinel"
+    segmenter: str = "worldcover"
 
     @property
     def study_mode(self) -> bool:
         """The cross-modal study's encoders (AST / CLIP / RemoteCLIP) rather than only the PSM model."""
-        return self.audio_encoder != "model" or self.image_encoder != "model" or self.combine_views
+        return (self.audio_encoder != "model" or self.image_encoder != "model" or self.combine_views
+                or self.segmenter != "worldcover")
 
 
 @dataclass

@@ -33,6 +33,7 @@ from .bga import ClassWeights, _read_yaml, bga_means, class_areas_in_rectangles,
 from .landcover import GridBGA
 
 AERIAL_TABLE_RESOURCE = "bga_aerial.yaml"
+STREET_TABLE_RESOURCE = "bga_street.yaml"
 SEGMENTERS = ("worldcover", "clipseg", "segearth-ov")
 SEGMENT_CHUNK = 16
 """Cells rendered and segmented at a time (memory stays flat whatever the grid size)."""
@@ -51,11 +52,12 @@ class PromptTable:
     prompts: tuple[str, ...]
 
 
-def load_prompt_table(path: str | os.PathLike | None = None) -> PromptTable:
-    """The study's aerial table (packaged) or a user table of the same schema (``--weights``)."""
+def load_prompt_table(path: str | os.PathLike | None = None, resource: str = AERIAL_TABLE_RESOURCE) -> PromptTable:
+    """The study's aerial (or, with ``resource=STREET_TABLE_RESOURCE``, street-view) table, packaged,
+    or a user table of the same schema (``--weights``)."""
     if path is None:
-        text = resources.files("soundmap.data").joinpath(AERIAL_TABLE_RESOURCE).read_text(encoding="utf-8")
-        data, origin = yaml.safe_load(text), "packaged aerial BGA table"
+        text = resources.files("soundmap.data").joinpath(resource).read_text(encoding="utf-8")
+        data, origin = yaml.safe_load(text), f"packaged BGA table {resource}"
     else:
         data, origin = _read_yaml(path, "BGA weights"), f"BGA weights {Path(path).name}"
     table = parse_weights(data, origin)
@@ -103,6 +105,17 @@ def class_maps_bga(class_maps: np.ndarray, table: ClassWeights) -> ImageBGA:
                             where=valid_area[:, None] > 0)
     return ImageBGA(proportions=proportions, values=bga_means((areas @ weights).T, valid_area),
                     valid_fraction=valid_area / box, codes=codes)
+
+
+def images_bga(segmenter: Segmenter, images: Sequence[np.ndarray], prompts: PromptTable) -> ImageBGA:
+    """Per-image class proportions and BGA of images of any sizes (each segmented on its own)."""
+    parts = [class_maps_bga(segment_codes(segmenter, np.asarray(image)[None], prompts), prompts.table)
+             for image in images]
+    k = len(prompts.codes)
+    return ImageBGA(proportions=np.concatenate([p.proportions for p in parts]) if parts else np.zeros((0, k)),
+                    values=np.concatenate([p.values for p in parts], axis=1) if parts else np.zeros((3, 0)),
+                    valid_fraction=np.concatenate([p.valid_fraction for p in parts]) if parts else np.zeros(0),
+                    codes=list(prompts.codes))
 
 
 def cell_imagery(grid: Grid, source: Any, cache_dir: str | os.PathLike | None,

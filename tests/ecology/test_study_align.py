@@ -20,8 +20,8 @@ from soundmap.cli.main import run
 from soundmap.ecology.stats import cosine_similarity_matrix
 from soundmap.ecology.study import combined_embeddings
 from tests.fixtures.hf_server import hf_server  # noqa: F401  (fixture)
-from tests.fixtures.study_models import (AST_REPO, CLIP_REPO, REMOTECLIP_FILE, REMOTECLIP_REPO,
-                                         save_open_clip_checkpoint, save_tiny_ast, save_tiny_clip)
+from tests.fixtures.study_models import (AST_REPO, CLIP_REPO, CLIPSEG_REPO, REMOTECLIP_FILE, REMOTECLIP_REPO,
+                                         save_open_clip_checkpoint, save_tiny_ast, save_tiny_clip, save_tiny_clipseg)
 
 from .study_data import design_correlation, site_image, write_study
 
@@ -30,7 +30,8 @@ from .study_data import design_correlation, site_image, write_study
 def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("study-models")
     return {"ast": save_tiny_ast(root / "ast"), "clip": save_tiny_clip(root / "clip"),
-            "remoteclip": save_open_clip_checkpoint(root / "rc" / REMOTECLIP_FILE)}
+            "remoteclip": save_open_clip_checkpoint(root / "rc" / REMOTECLIP_FILE),
+            "clipseg": save_tiny_clipseg(root / "clipseg")}
 
 
 @pytest.fixture
@@ -38,6 +39,7 @@ def hub(hf_server, saved):
     hf_server.add_dir(AST_REPO, saved["ast"])
     hf_server.add_dir(CLIP_REPO, saved["clip"])
     hf_server.add_file(REMOTECLIP_REPO, REMOTECLIP_FILE, saved["remoteclip"].read_bytes())
+    hf_server.add_dir(CLIPSEG_REPO, saved["clipseg"])
     return hf_server
 
 
@@ -152,3 +154,32 @@ def test_plain_p_is_pearsons_over_the_pairs_and_matches_the_studys_figures() -> 
     # the study's London aerial segmentation: r = 0.12 over 100 sites (4950 pairs), p = 1.1e-17
     assert 1e-18 < pairs_p_value(0.12, 4950) < 1e-16
     assert pairs_p_value(0.12, 4950, "greater") == pytest.approx(pairs_p_value(0.12, 4950) / 2)
+
+
+def test_segmentation_views_follow_class_proportions() -> None:
+    """Pure statistics: class-proportion vectors that follow the sound's latent are aligned; the
+    street and aerial BGA analyses get their own names."""
+    from soundmap.ecology.study import study_statistics
+
+    t = np.linspace(0, 1, 10)
+    audio = np.stack([t, 1 - t, np.full(10, 0.2)], axis=1)
+    proportions = np.stack([t, 1 - t], axis=1)
+    bga = np.stack([1 - t, t, np.full(10, 0.3)])
+    out = study_statistics(audio, {}, segmentations={"aerial_segmentation": (proportions, np.ones(10, bool))},
+                           bga=bga, street_bga=bga[::-1].copy(), permutations=199)
+    assert out["aerial_segmentation"].overall.r > 0.9 and out["aerial_segmentation"].overall.p <= 0.01
+    assert {"bga", "bga_biophony", "street_bga", "street_bga_geophony"} <= set(out)
+
+
+def test_clipseg_segmentation_and_bga_analyses_through_align(hub, tmp_path: Path) -> None:
+    manifest, _, _ = write_study(tmp_path / "s", linked=True)
+    report = _align(manifest, tmp_path / "seg.json", "--image-encoder", "clip", "--combine-views",
+                    "--segmenter", "clipseg")
+    names = set(report["analyses"])
+    assert {"street", "aerial", "combined", "aerial_segmentation", "street_segmentation", "bga",
+            "bga_anthrophony", "bga_biophony", "bga_geophony", "street_bga", "street_bga_anthrophony"} <= names
+    for name in ("aerial_segmentation", "bga_biophony", "street_bga_anthrophony"):
+        overall = report["analyses"][name]["overall"]
+        assert overall["n"] == 12 and -1.0 <= overall["r"] <= 1.0 and 0.0 < overall["p"] <= 1.0
+    assert report["segmenter"] == "clipseg" and "Table 1" in report["segmentation"]
+    assert hub.downloads("model.safetensors")
