@@ -24,6 +24,8 @@ Writes, next to --out (bga.tif): bga.tif (float32, R/G/B = A/B/G, 0-1, NaN = nod
 ALIGN_HELP = """Do recordings that sound alike come from places that look alike?
 
 MANIFEST is a CSV with columns audio, lat, lon and optionally image (an image file of the place) and a group column (--group-column, e.g. city). Pairwise cosine similarities of audio embeddings are correlated (Pearson r) with those of image embeddings, and with those of the BGA vectors of the land cover around each recording; significance from a Mantel permutation test (rows and columns permuted jointly, upper triangle without diagonal, seeded). Overall and per group. Writes --out (align.json) and align.png.
+
+The cross-modal urban sensing study's encoders: --audio-encoder ast, --image-encoder clip (street-level images from --street-image-column) or remoteclip (aerial: the image column or imagery rendered from --source), --combine-views for street + aerial + combined. Each r then also gets the study's plain p-value (p_pairs) beside the Mantel p, and align.png shows bar charts per view, per group and per BGA category.
 """
 
 
@@ -54,7 +56,19 @@ def bga_command(
     stride: Annotated[Optional[float], typer.Option("--stride", help="Metres between cell centres of a --bbox grid without workspace (default: the footprint).", show_default=False)] = None,
     model: ModelOpt = None, bbox: BBoxOpt = None, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto", quiet: QuietOpt = False,
+    segmenter: Annotated[str, typer.Option("--segmenter", help="Where the classes come from: worldcover (land-cover raster), clipseg (CLIPSeg on the rendered cell imagery, the study's aerial classes; model downloaded from Hugging Face on first use) or segearth-ov (not available yet).")] = "worldcover",
+    source: Annotated[Optional[str], typer.Option("--source", help="Imagery segmented with --segmenter clipseg (default: the workspace's source).", show_default=False)] = None,
+    tiles_config: TilesConfigOpt = None,
 ) -> None:
+    from ..ecology.segmentation import check_segmenter
+
+    check_segmenter(segmenter)
+    if segmenter != "worldcover":
+        apply_quiet(quiet)
+        _segmented_bga(segmenter, out=out, compare=compare or learned is not None, weights=weights, zoom=zoom,
+                       family=family, stride=stride, bbox=bbox, workspace=workspace, cache_dir=cache_dir,
+                       device=device, source=source, tiles_config=tiles_config, landcover=landcover)
+        return
     from ..ecology.composite import (BGAPaths, bga_grid, check_compare_request, class_table, compare_composites,
                                      landcover_source, make_bga, workspace_mask)
     from ..progress import info
@@ -82,6 +96,35 @@ def bga_command(
     typer.echo(str(paths.compare_png))
     for corr in result.bands:
         info(f"{corr.band}: pearson {_fmt(corr.pearson)}, spearman {_fmt(corr.spearman)} over {corr.n} cells")
+
+
+def _segmented_bga(segmenter: str, *, out: Path, compare: bool, weights, zoom, family, stride, bbox, workspace,
+                   cache_dir, device, source, tiles_config, landcover) -> None:
+    """``bga --segmenter clipseg``: segment each cell's rendered imagery into the study's classes."""
+    from ..ecology.composite import bga_grid, workspace_mask
+    from ..ecology.segmentation import load_prompt_table, load_segmenter, make_segmented_bga
+    from ..errors import InputError
+    from ..models.soundscape import resolve_device
+    from ..tiles.sources import resolve_source
+
+    if compare or landcover is not None:
+        raise InputError(f"--segmenter {segmenter} segments imagery: drop --landcover/--compare (use them "
+                         "with --segmenter worldcover)")
+    prompts = load_prompt_table(weights)
+    ws = _workspace_or_none(workspace)
+    if source is not None:
+        src = resolve_source(source, config_path=tiles_config)
+    elif ws is not None:
+        src = ws.source()
+    else:
+        raise InputError(f"--segmenter {segmenter} needs imagery: give --source (tiles.yaml name, XYZ template "
+                         "or raster) or run it in a workspace")
+    grid = bga_grid(ws, bbox=bbox, zoom=zoom, family=family, stride=stride, learned=None)
+    model = load_segmenter(segmenter, device=resolve_device(device))
+    run = make_segmented_bga(grid, src, model, prompts, out, cache_dir=cache_dir,
+                             mask=workspace_mask(ws, grid, zoom), segmenter_name=segmenter)
+    for path in run.paths:
+        typer.echo(str(path))
 
 
 def _fmt(value: float) -> str:
@@ -133,6 +176,12 @@ def align_command(
     landcover: LandcoverOpt = None, class_map: ClassMapOpt = None, weights: WeightsOpt = None,
     worldcover_year: YearOpt = 2021, worldcover_url: UrlOpt = None, tiles_config: TilesConfigOpt = None,
     cache_dir: CacheDirOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False,
+    audio_encoder: Annotated[str, typer.Option("--audio-encoder", help="ast: the study's AudioSet-finetuned Audio Spectrogram Transformer (10 s segments, mean of pooled outputs; downloaded from Hugging Face on first use); model: the PSM/GeoCLAP model's audio branch.")] = "model",
+    image_encoder: Annotated[str, typer.Option("--image-encoder", help="clip: OpenAI CLIP ViT-L/14 on the street-image column; remoteclip: RemoteCLIP ViT-L/14 on the image column or on imagery rendered from --source; model: the PSM image encoder.")] = "model",
+    street_image_column: Annotated[str, typer.Option("--street-image-column", help="Manifest column of street-level images (for clip / --combine-views).")] = "street_image",
+    combine_views: Annotated[bool, typer.Option("--combine-views", help="CLIP street + RemoteCLIP aerial embeddings and their combination (concatenated unit vectors: mean of the two cosine similarities).")] = False,
+    family: Annotated[str, typer.Option("--family", help="Imagery family (footprint) of the aerial imagery rendered for RemoteCLIP and of the land-cover footprint with the study's encoders.")] = "sentinel",
+    segmenter: Annotated[str, typer.Option("--segmenter", help="BGA source: worldcover (land cover around each recording) or clipseg (CLIPSeg on the aerial images into the study's aerial classes, and on street images into its street classes; adds the segmentation-similarity analyses).")] = "worldcover",
 ) -> None:
     from ..ecology.align import AlignOptions, run_align
 
@@ -142,7 +191,10 @@ def align_command(
                            alternative=alternative, bga=bga, bga_raster=bga_raster, landcover=landcover,
                            class_map=class_map,
                            weights=weights, worldcover_year=worldcover_year, worldcover_url=worldcover_url,
-                           cache_dir=cache_dir, device=device, tiles_config=tiles_config)
+                           cache_dir=cache_dir, device=device, tiles_config=tiles_config,
+                           audio_encoder=audio_encoder, image_encoder=image_encoder,
+                           street_image_column=street_image_column, combine_views=combine_views, family=family,
+                           segmenter=segmenter)
     result = run_align(options)
     for path in result.paths:
         typer.echo(str(path))

@@ -143,6 +143,11 @@ def list_command(
     widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(len(header))]
     for row in [header, *rows]:
         typer.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    if available:  # the study's auxiliary encoders (soundmap/data/aux_models.yaml), fetched on first use
+        from ..models.auxiliary import aux_model_lines
+
+        for line in aux_model_lines():
+            typer.echo(line)
 
 
 @models_app.command("info")

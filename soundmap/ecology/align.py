@@ -49,13 +49,18 @@ class Manifest:
     images: list[Path] | None = None
     groups: np.ndarray | None = None
     group_column: str | None = None
+    street_images: list[Path] | None = None
 
     def __len__(self) -> int:
         return len(self.audio)
 
 
-def read_manifest(path: str | os.PathLike, group_column: str | None = None) -> Manifest:
-    """Read and validate a manifest CSV; relative file paths are relative to the CSV's folder."""
+def read_manifest(path: str | os.PathLike, group_column: str | None = None,
+                  street_column: str | None = None) -> Manifest:
+    """Read and validate a manifest CSV; relative file paths are relative to the CSV's folder.
+
+    ``street_column``: a column of street-level image files that must be present (``align
+    --image-encoder clip`` / ``--combine-views``)."""
     import pandas as pd
 
     path = Path(path)
@@ -81,12 +86,19 @@ def read_manifest(path: str | os.PathLike, group_column: str | None = None) -> M
     images = None
     if IMAGE_COLUMN in table.columns:
         images = [_existing(base, value, path, row, IMAGE_COLUMN) for row, value in enumerate(table[IMAGE_COLUMN])]
+    street = None
+    if street_column is not None:
+        if street_column not in table.columns:
+            raise InputError(f"manifest {path} has no street-image column {street_column!r} (columns: "
+                             f"{', '.join(table.columns)}); add it or name it with --street-image-column")
+        street = [_existing(base, value, path, row, street_column) for row, value in enumerate(table[street_column])]
     if group_column is not None and group_column not in table.columns:
         raise InputError(f"--group-column {group_column!r} is not a column of {path} "
                          f"(columns: {', '.join(table.columns)})")
     column = group_column or (DEFAULT_GROUP_COLUMN if DEFAULT_GROUP_COLUMN in table.columns else None)
     groups = table[column].astype(str).to_numpy() if column else None
-    return Manifest(audio=audio, lat=lat, lon=lon, images=images, groups=groups, group_column=column)
+    return Manifest(audio=audio, lat=lat, lon=lon, images=images, groups=groups, group_column=column,
+                    street_images=street)
 
 
 def _existing(base: Path, value: Any, manifest: Path, row: int, column: str) -> Path:
@@ -185,6 +197,18 @@ class AlignOptions:
     cache_dir: Path | None = None
     device: str = "auto"
     tiles_config: Path | None = None
+    audio_encoder: str = "model"
+    image_encoder: str = "model"
+    street_image_column: str = "street_image"
+    combine_views: bool = False
+    family: str = "sentinel"
+    segmenter: str = "worldcover"
+
+    @property
+    def study_mode(self) -> bool:
+        """The cross-modal study's encoders (AST / CLIP / RemoteCLIP) rather than only the PSM model."""
+        return (self.audio_encoder != "model" or self.image_encoder != "model" or self.combine_views
+                or self.segmenter != "worldcover")
 
 
 @dataclass
@@ -229,6 +253,10 @@ def check_options(options: AlignOptions) -> None:
 def run_align(options: AlignOptions, *, model: Any = None) -> AlignResult:
     """Embed the recordings and their places, run every analysis, write JSON + PNG."""
     check_options(options)
+    if options.study_mode:
+        from .study import run_study_align
+
+        return run_study_align(options, model=model)
     manifest = read_manifest(options.manifest, options.group_column)
     table = source = None
     if options.bga and options.bga_raster is None:
@@ -360,16 +388,23 @@ def image_embeddings(manifest: Manifest, model: Any, options: AlignOptions) -> t
     return features, valid
 
 
-def load_image(path: Path, size: int) -> np.ndarray:
-    """An image file as uint8 size × size × 3 (antialiased resize with torch, as the models expect)."""
-    import torch
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as uint8 H × W × 3; an undecodable file is a one-line :class:`InputError`."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as err:
-        raise InputError(f"image {path} cannot be decoded ({err}); give PNG/JPEG/GeoTIFF RGB images") from None
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"image {path} cannot be decoded ({reason}); give PNG/JPEG/GeoTIFF RGB images") from None
+
+
+def load_image(path: Path, size: int) -> np.ndarray:
+    """An image file as uint8 size × size × 3 (antialiased resize with torch, as the models expect)."""
+    import torch
+
+    rgb = read_rgb(path)
     if rgb.shape[0] == size and rgb.shape[1] == size:
         return rgb
     tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
