@@ -383,18 +383,31 @@ def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, str]:
     except (OSError, json.JSONDecodeError) as err:
         raise ModelError(f"cannot read {path} ({err}); re-import the model") from None
     sha = str(payload.pop("weights_sha256", ""))
+    if payload.get("variant") == "sat2sound":  # the third family has its own config class
+        from soundmap.models.sat2sound.configuration import Sat2SoundConfig
+
+        return Sat2SoundConfig.from_dict(payload), sha  # type: ignore[return-value]
     return ModelConfig.from_dict(payload), sha
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = "auto", *,
                clap_files: str | os.PathLike | None = None, verify_hash: bool = False,
-               cache_dir: str | os.PathLike | None = None) -> SoundscapeModel:
+               cache_dir: str | os.PathLike | None = None,
+               text_encoder: str | os.PathLike | None = None) -> SoundscapeModel:
     """Load an installed model by name (``<model_dir>/<name>``) or from a directory holding
-    ``config.json`` + ``model.safetensors``. ``verify_hash`` re-hashes the weights file."""
+    ``config.json`` + ``model.safetensors``. ``verify_hash`` re-hashes the weights file.
+    Sat2Sound models are recognised by their config and built by their own family
+    (``text_encoder``: a local save_pretrained T5 encoder directory, Sat2Sound only)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = _model_directory(name_or_path, cache_dir)
+    sat2sound = _sat2sound_payload(directory)
+    if sat2sound is not None:
+        from soundmap.models.sat2sound.modeling import load_sat2sound
+
+        return load_sat2sound(directory, sat2sound, device, text_encoder=text_encoder, verify_hash=verify_hash,
+                              cache_dir=cache_dir)
     config, sha = read_config(directory)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
@@ -409,6 +422,15 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
     model = SoundscapeModel.from_state_dict(config, state, name=config.name or directory.name, weights_sha256=sha)
     model.clap_files = Path(clap_files) if clap_files else _clap_files_under(cache_dir)
     return model.to(target).eval()
+
+
+def _sat2sound_payload(directory: Path) -> dict[str, Any] | None:
+    """The config payload of a Sat2Sound model directory, None for PSM/GeoCLAP."""
+    try:
+        payload = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None  # read_config reports it
+    return payload if isinstance(payload, dict) and payload.get("variant") == "sat2sound" else None
 
 
 def _clap_files_under(cache_dir: str | os.PathLike | None) -> Path | None:

@@ -1,0 +1,458 @@
+"""The assembled Sat2Sound model with the same public API as PSM/GeoCLAP's ``SoundscapeModel``.
+
+Module tree = the authors' Lightning state-dict names, so a checkpoint loads by name:
+
+* ``satmae_backbone.backbone`` — SatMAE ViT-B/16 with the GSD positional embedding (shared with
+  PSM), **no final norm, no pooling**: all 196 patch tokens are returned;
+* ``satmae_backbone.projector`` — ``linear1`` 768→1024, exact GELU, ``linear2``, per token;
+* ``sat_encoder.meta_fuser`` — (models with metadata) 3 post-norm encoder layers over
+  [196 image tokens, M metadata tokens]; **all 196 + M outputs** go to the codebook;
+* ``audio_encoder.model.audio_enc`` — HTS-AT (:mod:`.htsat`), 32 fine-grained tokens of 768;
+* ``fdt`` — the shared codebook and the three query models (:mod:`.codebook`);
+* ``logit_scale_*`` — training-only temperatures, kept so checkpoints round-trip.
+
+What soundmap caches per cell (:meth:`Sat2SoundModel.encode_image`, width :attr:`feature_dim`):
+models without metadata store the final 1024-d embedding (nothing is left to fuse); models with
+metadata store the 196 projected tokens flattened (196 × 1024), because metadata is fused per
+token — :meth:`fuse` then runs the fuser and the codebook (see bench/RESULTS.md for the cost).
+
+Embeddings: the pooled vector is not normalised by the model; scores are cosine. The family's
+combination rule for a composed query is ``l2n(l2n(audio) + l2n(text))``; so that the shared
+:meth:`Embedding.combine` (which adds ``raw_mu``) applies it unchanged, a Sat2Sound
+:class:`Embedding` carries the unit vector as its ``raw_mu``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from soundmap.errors import InputError, ModelError
+from soundmap.models.embedding import Embedding, l2_normalize
+from soundmap.models.fusion import FusionLayer, MetadataEmbed, _LayerStack
+from soundmap.models.heads import MLPHead
+from soundmap.models.sat2sound.codebook import Codebook
+from soundmap.models.sat2sound.configuration import Sat2SoundConfig
+from soundmap.models.sat2sound.htsat import HTSAT
+from soundmap.models.vit import ViTBackbone
+from soundmap.preprocess.metadata import Metadata, MetaToken
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+#: Training-only temperatures of the six contrastive losses (``combined_modality_loss=1``).
+LOGIT_SCALES: tuple[str, ...] = ("at", "it", "ia", "fdt", "i_at", "it_a")
+#: Rows per fusion chunk (each row is 196 + M tokens × 1024 through 3 layers).
+FUSE_CHUNK = 64
+
+
+class TokenViT(ViTBackbone):
+    """The SatMAE ViT as Sat2Sound uses it: patch embedding + GSD positional embedding + blocks,
+    returning every patch token (N × 196 × 768). The final ``norm`` was deleted by the authors,
+    so the shared backbone's ``fc_norm`` is removed here too."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        del self.fc_norm
+
+    def forward(self, pixels: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(pixels)
+        grid = pixels.shape[-1] // self.config.patch_size
+        x = x + self.positional_embedding(res, grid, x.device).to(x.dtype)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class SatMAEBranch(nn.Module):
+    """``backbone`` + per-token ``projector`` → (N × 196 × fc_dim)."""
+
+    def __init__(self, config: Sat2SoundConfig) -> None:
+        super().__init__()
+        self.backbone = TokenViT(config.vit)
+        self.projector = MLPHead(config.vit.embed_dim, config.fc_dim)
+
+    def forward(self, pixels: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(pixels, res))
+
+
+class TokenMetaFuser(nn.Module):
+    """Per-token metadata fusion: [image tokens, metadata tokens] through post-norm layers, all
+    outputs kept. Metadata tokens are ordered asource, tsource, latlong, month, time (only the
+    model's); an invalid or absent one is a zero token excluded through the key-padding mask.
+
+    Inference quirk reproduced (PyTorch's nested-tensor fast path, which the released models were
+    evaluated with): when in *every* row of the batch the masked tokens are all trailing, the
+    output rows of the masked tokens are exactly 0; otherwise they are ordinary attention outputs.
+    Either way they are pooled by the codebook afterwards.
+    """
+
+    def __init__(self, config: Sat2SoundConfig) -> None:
+        super().__init__()
+        if not config.metadata:
+            raise ValueError("a metadata fuser needs at least one component")
+        self.components = config.metadata
+        fusion = config.fusion
+        self.transformer_encoder = _LayerStack(
+            [FusionLayer(config.fc_dim, fusion.num_heads, fusion.dim_feedforward) for _ in range(fusion.num_layers)])
+        self.meta_embed = MetadataEmbed(self.components, config.fc_dim, fusion.meta_hidden)
+
+    def meta_tokens(self, tokens: dict[str, MetaToken], n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N × M × D) metadata tokens (zeroed where invalid) and their validity (N × M)."""
+        seq, valid = [], []
+        for component in self.components:
+            meta = tokens.get(component)
+            if meta is None:
+                seq.append(torch.zeros(n, like.shape[-1], dtype=like.dtype, device=like.device))
+                valid.append(torch.zeros(n, dtype=torch.bool, device=like.device))
+                continue
+            meta = MetaToken(meta.values.to(like.device), meta.valid.to(like.device))
+            seq.append(self.meta_embed.token(component, meta).to(like.dtype))
+            valid.append(meta.valid.reshape(n))
+        return torch.stack(seq, dim=1), torch.stack(valid, dim=1)
+
+    def forward(self, image_tokens: torch.Tensor, tokens: dict[str, MetaToken]) -> torch.Tensor:
+        n = image_tokens.shape[0]
+        meta, meta_valid = self.meta_tokens(tokens, n, image_tokens)
+        x = torch.cat([image_tokens, meta], dim=1)
+        keep = torch.cat([torch.ones(n, image_tokens.shape[1], dtype=torch.bool, device=x.device), meta_valid], 1)
+        padding = None if bool(keep.all()) else ~keep
+        for layer in self.transformer_encoder.layers:
+            x = layer(x, padding)
+        if padding is not None and not self.training and masks_are_trailing(keep):
+            x = x * keep.unsqueeze(-1).to(x.dtype)
+        return x
+
+
+def masks_are_trailing(keep: torch.Tensor) -> bool:
+    """Whether every row's kept tokens form a prefix (the masked ones are all at the end)."""
+    as_int = keep.to(torch.int8)
+    return bool((as_int[:, 1:] <= as_int[:, :-1]).all())
+
+
+class _SatEncoder(nn.Module):
+    def __init__(self, config: Sat2SoundConfig) -> None:
+        super().__init__()
+        self.meta_fuser = TokenMetaFuser(config)
+
+
+class _AudioModel(nn.Module):
+    def __init__(self, config: Sat2SoundConfig) -> None:
+        super().__init__()
+        self.audio_enc = HTSAT(config.htsat, config.mel)
+
+
+class _AudioEncoder(nn.Module):
+    def __init__(self, config: Sat2SoundConfig) -> None:
+        super().__init__()
+        self.model = _AudioModel(config)
+
+
+def unit_embedding(raw: torch.Tensor) -> Embedding:
+    """A Sat2Sound :class:`Embedding`: unit ``mu`` and ``raw_mu`` (see the module docstring)."""
+    unit = l2_normalize(raw.float())
+    return Embedding(mu=unit, logvar=None, raw_mu=unit)
+
+
+class Sat2SoundModel(nn.Module):
+    """Sat2Sound built from a :class:`Sat2SoundConfig`; API of :class:`SoundscapeModel`."""
+
+    def __init__(self, config: Sat2SoundConfig, *, name: str = "", weights_sha256: str = "") -> None:
+        super().__init__()
+        self.config = config
+        self.name = name or config.name
+        self.weights_sha256 = weights_sha256
+        self.satmae_backbone = SatMAEBranch(config)
+        if config.metadata:
+            self.sat_encoder = _SatEncoder(config)
+        self.audio_encoder = _AudioEncoder(config)
+        self.fdt = Codebook(config.codebook_size, config.codebook_dim, config.fc_dim, config.text_dim,
+                            config.htsat.out_dim)
+        for scale in LOGIT_SCALES:
+            setattr(self, f"logit_scale_{scale}", nn.Parameter(torch.tensor(float(np.log(1 / 0.07)))))
+        self.text_encoder_dir: Path | None = None
+        self.cache_dir: Path | None = None
+        self._text: dict[str, Any] = {}
+        self.precision = "auto"
+        self.eval()
+
+    # -- facts ------------------------------------------------------------------------------------
+    variant = "sat2sound"
+    probabilistic = False
+    default_score = "cosine"
+
+    @property
+    def family(self) -> str:
+        return self.config.family
+
+    @property
+    def preprocess_version(self) -> str:
+        return self.config.preprocess_version
+
+    @property
+    def metadata_components(self) -> tuple[str, ...]:
+        return self.config.metadata
+
+    @property
+    def device(self) -> torch.device:
+        return self.fdt.space_dict.device
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of what :meth:`encode_image` returns per cell (and the store keeps)."""
+        if self.config.metadata:
+            return self.config.num_patches * self.config.fc_dim
+        return self.config.codebook_dim
+
+    @property
+    def fuser(self) -> TokenMetaFuser | None:
+        return self.sat_encoder.meta_fuser if self.config.metadata else None
+
+    def set_precision(self, precision: str) -> Sat2SoundModel:
+        from soundmap.models.soundscape import check_precision
+
+        self.precision = check_precision(precision)
+        return self
+
+    @property
+    def image_precision(self) -> str:
+        """``bf16`` for the ViT on CUDA with ``auto``; everything after it is always fp32 (the
+        codebook logits are ÷ 32,000, too small for bf16)."""
+        return "bf16" if self.precision == "auto" and self.device.type == "cuda" else "fp32"
+
+    @contextlib.contextmanager
+    def _image_autocast(self) -> Iterator[None]:
+        if self.image_precision == "bf16":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                yield
+        else:
+            with torch.autocast(self.device.type, enabled=False):
+                yield
+
+    # -- image ------------------------------------------------------------------------------------
+    def resolutions(self, zoom: Any, n: int) -> torch.Tensor:
+        """Per-image ``zoom × gsd`` (gsd: sentinel 10, bing 0.6, googleEarth 0.2 m/px)."""
+        from soundmap.models.soundscape import SoundscapeModel
+
+        return SoundscapeModel.resolutions(self, zoom, n)  # type: ignore[arg-type]
+
+    def image_tokens(self, images: Any, zoom: Any, batch_size: int = 32) -> torch.Tensor:
+        """uint8 N×H×W×3 renders → projected patch tokens (N × 196 × fc_dim, fp32). The eval
+        transform is the authors': the render already covers ``zoom × tile`` px of ground, resized
+        to 224 (bicubic, antialias), ImageNet normalisation."""
+        from soundmap.preprocess.image import eval_transform
+
+        if not hasattr(images, "ndim") or images.ndim not in (3, 4):
+            raise InputError("images must be a uint8 array of shape N×H×W×3")
+        if images.ndim == 3:
+            images = images[None]
+        n = int(images.shape[0])
+        res = self.resolutions(zoom, n)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                pixels = eval_transform(images[start:start + batch_size], device=self.device)
+                with self._image_autocast():
+                    tokens = self.satmae_backbone(pixels, res[start:start + batch_size])
+                out.append(tokens.float())
+        return torch.cat(out)
+
+    def encode_image(self, images: Any, zoom: Any, batch_size: int = 32) -> torch.Tensor:
+        """Per-cell features to cache (N × :attr:`feature_dim`): the final unnormalised embedding
+        without metadata, the flattened projected tokens with metadata."""
+        tokens = self.image_tokens(images, zoom, batch_size)
+        if self.config.metadata:
+            return tokens.reshape(tokens.shape[0], -1)
+        with torch.inference_mode():
+            return self.fdt.embed(self.fdt.img_query_model, tokens)
+
+    def fused_tokens(self, features: torch.Tensor, metadata: Metadata | None) -> torch.Tensor:
+        """Cached features → the tokens the codebook pools (N × (196 + M) × D)."""
+        n = features.shape[0]
+        tokens = features.to(self.device, torch.float32).reshape(n, self.config.num_patches, self.config.fc_dim)
+        encoded = (metadata or Metadata()).encode(n, self.config.metadata)
+        return self.sat_encoder.meta_fuser(tokens, encoded)
+
+    def fuse(self, image_features: torch.Tensor, metadata: Metadata | None = None,
+             chunk: int = FUSE_CHUNK) -> Embedding:
+        """Cached features + metadata → image :class:`Embedding` (``logvar`` None). Without
+        metadata components the features are already the embedding and metadata is ignored."""
+        features = torch.as_tensor(image_features).to(self.device, torch.float32)
+        if not self.config.metadata:
+            return unit_embedding(features)
+        metadata = metadata or Metadata()
+        n = features.shape[0]
+        if (length := metadata.length()) is not None and length != n:
+            raise InputError(f"metadata has {length} values per field but there are {n} cells")
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, n, chunk):
+                part = _metadata_rows(metadata, start, min(start + chunk, n))
+                fused = self.fused_tokens(features[start:start + chunk], part)
+                parts.append(self.fdt.embed(self.fdt.img_query_model, fused))
+        return unit_embedding(torch.cat(parts) if parts else features.new_zeros((0, self.config.codebook_dim)))
+
+    def token_scores(self, image_features: torch.Tensor, metadata: Metadata | None, query: Embedding) -> torch.Tensor:
+        """Sub-cell map: for each cell, the cosine between the query and each of its 196 image
+        tokens' own codebook embeddings (N × 14 × 14). Each token is pooled alone (max over one
+        token = its scores; sparsemax over codes; ``w @ C``), so a token scores like a cell would
+        if it were the whole image."""
+        features = torch.as_tensor(image_features).to(self.device, torch.float32)
+        n, g = features.shape[0], self.config.vit.grid_size
+        with torch.inference_mode():
+            if self.config.metadata:
+                tokens = self.fused_tokens(features, metadata)[:, :self.config.num_patches]
+            else:
+                raise ModelError("sub-cell maps need the image tokens; models without metadata store only "
+                                 "the cell embedding")
+            from soundmap.models.sat2sound.codebook import sparsemax
+
+            scores = self.fdt.token_scores(self.fdt.img_query_model, tokens) / 1000.0
+            emb = l2_normalize(sparsemax(scores, dim=-1) @ self.fdt.space_dict)
+            sims = emb @ query.mu.to(emb.device)[0]
+        return sims.reshape(n, g, g)
+
+    # -- text / audio ----------------------------------------------------------------------------
+    def text_encoder(self) -> tuple[Any, Any]:
+        """(tokenizer, T5 encoder), loaded on first use (see :mod:`.preprocessing`)."""
+        if "encoder" not in self._text:
+            from soundmap.models.sat2sound.preprocessing import load_text_encoder
+
+            tokenizer, encoder = load_text_encoder(self.config.t5_repo, self.text_encoder_dir, self.cache_dir)
+            width = int(encoder.config.d_model)
+            if width != self.config.text_dim:
+                raise ModelError(f"the text encoder is {width} wide but this model needs {self.config.text_dim} "
+                                 f"({self.config.t5_repo}); give a matching T5 encoder")
+            self._text.update(tokenizer=tokenizer, encoder=encoder.to(self.device))
+        return self._text["tokenizer"], self._text["encoder"]
+
+    def encode_text(self, texts: str | Sequence[str] | None = None, *, input_ids: torch.Tensor | None = None,
+                    attention_mask: torch.Tensor | None = None, batch_size: int = 32) -> Embedding:
+        """Texts (or FlanT5 ``input_ids``/``attention_mask``) → text :class:`Embedding`: T5
+        hidden states → ``txt_query_model`` → codebook pooling with pads scoring 0."""
+        tokenizer, encoder = self.text_encoder()
+        if input_ids is None:
+            if texts is None:
+                raise InputError("encode_text needs texts or input_ids")
+            from soundmap.models.sat2sound.preprocessing import tokenize
+
+            batch = tokenize(tokenizer, texts)
+            input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        out = []
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
+            for start in range(0, input_ids.shape[0], batch_size):
+                ids = input_ids[start:start + batch_size].to(self.device)
+                mask = attention_mask[start:start + batch_size].to(self.device)
+                hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+                out.append(self.text_from_hidden(hidden, mask == 1))
+        return unit_embedding(torch.cat(out))
+
+    def text_from_hidden(self, hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """T5 hidden states (B × T × text_dim) + validity → unnormalised embedding (B × D)."""
+        return self.fdt.embed(self.fdt.txt_query_model, hidden, valid)
+
+    def encode_audio(self, paths_or_waveforms: Any = None, sample_rate: int | None = None, *,
+                     input_features: torch.Tensor | None = None, batch_size: int = 8, **_: Any) -> Embedding:
+        """Audio files / waveforms (or log-mel ``input_features`` N × 1001 × 64, or N × 1 × 1001 × 64)
+        → audio :class:`Embedding`. ``is_longer`` (a CLAP input) is accepted and ignored."""
+        enc = self.audio_encoder.model.audio_enc
+        if input_features is None:
+            if paths_or_waveforms is None:
+                raise InputError("encode_audio needs audio paths/waveforms or input_features")
+            from soundmap.models.sat2sound.preprocessing import clip_waveforms
+
+            waves = clip_waveforms(paths_or_waveforms, sample_rate, self.config.mel)
+            with torch.inference_mode():
+                input_features = torch.cat([enc.audio_feats_extractor(waves[i:i + batch_size].to(self.device))
+                                            for i in range(0, waves.shape[0], batch_size)])
+        mel = input_features if input_features.ndim == 4 else input_features[:, None]
+        if mel.shape[-1] != self.config.mel.n_mels:
+            raise InputError(f"input_features must be log-mel N×T×{self.config.mel.n_mels}, got {tuple(input_features.shape)}")
+        out = []
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
+            for start in range(0, mel.shape[0], batch_size):
+                tokens = enc(mel[start:start + batch_size].to(self.device, torch.float32))
+                out.append(self.fdt.embed(self.fdt.audio_query_model, tokens))
+        return unit_embedding(torch.cat(out))
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` atomically (as the other families)."""
+        from safetensors.torch import save_file
+
+        from soundmap.atomic import atomic_path, write_text_atomic
+        from soundmap.models.soundscape import file_sha256
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(directory / WEIGHTS_FILE) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+            self.weights_sha256 = file_sha256(tmp)
+        payload = self.config.with_updates(name=self.name or directory.name).to_dict()
+        payload["weights_sha256"] = self.weights_sha256
+        write_text_atomic(directory / CONFIG_FILE, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        return directory
+
+    @classmethod
+    def from_state_dict(cls, config: Sat2SoundConfig, state: dict[str, torch.Tensor], *, name: str = "",
+                        weights_sha256: str = "", what: str = "model weights") -> Sat2SoundModel:
+        """A model holding exactly ``state`` (strict name and shape check, one-line error)."""
+        from soundmap.models.soundscape import check_state_dict
+
+        with torch.device("meta"):
+            model = cls(config, name=name, weights_sha256=weights_sha256)
+        check_state_dict(model, state, what=what)
+        owned = {key: tensor.clone(memory_format=torch.contiguous_format) for key, tensor in state.items()}
+        model.load_state_dict(owned, strict=True, assign=True)
+        return model.eval()
+
+
+def _metadata_rows(metadata: Metadata, start: int, stop: int) -> Metadata:
+    """The rows ``start:stop`` of per-row metadata fields (scalars are shared)."""
+    from dataclasses import fields, replace
+
+    from soundmap.preprocess.metadata import _sequence_length
+
+    changes = {}
+    for field in fields(metadata):
+        value = getattr(metadata, field.name)
+        if _sequence_length(value) is not None:
+            changes[field.name] = value[start:stop] if not isinstance(value, np.ndarray) else value.reshape(-1)[start:stop]
+    return replace(metadata, **changes) if changes else metadata
+
+
+def load_sat2sound(directory: Path, payload: dict[str, Any], device: Any = "auto", *,
+                   text_encoder: str | os.PathLike | None = None, verify_hash: bool = False,
+                   cache_dir: str | os.PathLike | None = None) -> Sat2SoundModel:
+    """Load an installed Sat2Sound model directory (called by ``soundmap.load_model``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from soundmap.models.soundscape import file_sha256, resolve_device
+
+    sha = str(payload.pop("weights_sha256", ""))
+    config = Sat2SoundConfig.from_dict(payload)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelError(f"{weights} is missing; re-import the model")
+    if verify_hash and sha and file_sha256(weights) != sha:
+        raise ModelError(f"{weights} does not match its recorded SHA-256; re-import the model")
+    target = resolve_device(device)
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise ModelError(f"cannot read {weights} ({err}); re-import the model") from None
+    model = Sat2SoundModel.from_state_dict(config, state, name=config.name or directory.name, weights_sha256=sha)
+    model.text_encoder_dir = Path(text_encoder) if text_encoder else None
+    model.cache_dir = Path(cache_dir) if cache_dir else None
+    return model.to(target).eval()
