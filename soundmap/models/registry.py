@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from soundmap.errors import ConfigError, ModelError, SoundmapError
-from soundmap.models.config import METADATA_COMPONENTS, ModelConfig
+from soundmap.models.config import METADATA_COMPONENTS, ModelConfig, normalize_components
 from soundmap.models.soundscape import CONFIG_FILE, WEIGHTS_FILE, read_config
 from soundmap.progress import info
 
@@ -36,6 +36,8 @@ class RegistryEntry:
     url: str | None
     size: int | None
     sha256: str | None
+    source: dict[str, Any] | None = None  # {kind: hf, repo, path, revision} (Sat2Sound)
+    licence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,13 @@ class Registry:
 def _entry(name: str, raw: dict[str, Any]) -> RegistryEntry:
     try:
         metadata = METADATA_COMPONENTS if raw.get("metadata") == "all" else ()
+        if isinstance(raw.get("metadata"), list):  # an explicit subset (Sat2Sound SoundingEarth)
+            metadata = normalize_components(raw["metadata"])
         return RegistryEntry(name=name, variant=raw["variant"], family=raw["family"], metadata=metadata,
                              dataset=raw["dataset"], experiment=raw["experiment"],
                              folder_path=raw.get("folder_path", ""), url=raw.get("url"),
-                             size=raw.get("size"), sha256=raw.get("sha256"))
+                             size=raw.get("size"), sha256=raw.get("sha256"),
+                             source=raw.get("source"), licence=raw.get("licence"))
     except KeyError as err:
         raise ConfigError(f"models.yaml entry {name} lacks {err}") from None
 
@@ -130,6 +135,12 @@ def pull_model(name: str | None = None, *, url: str | None = None, cache_dir: st
 
     registry = load_registry()
     entry = registry.entries.get(name) if name else None
+    if entry is not None and url is None and (entry.source or {}).get("kind") == "hf":
+        from soundmap.models.hf_pull import pull_hf_entry
+
+        path = pull_hf_entry(entry, cache_dir=cache_dir, unsafe_pickle=unsafe_pickle)
+        _check_against_entry(path, entry)
+        return path
     if name is None:
         raise ModelError("give a model name (see `soundmap models list --available`), and --url for other checkpoints")
     validate_model_name(name)

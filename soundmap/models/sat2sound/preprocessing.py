@@ -11,9 +11,9 @@ Text: ``google/flan-t5-large``'s tokenizer (pad to the longest in the batch, tru
 counts as a real token) and ``transformers.T5EncoderModel`` (``last_hidden_state``, fp32, frozen).
 It is not part of the Sat2Sound checkpoint. It is found, in order, at ``text_encoder=DIR``,
 ``$SOUNDMAP_T5_DIR``, ``<cache>/text-encoders/<repo>`` (saved there after the first download),
-and otherwise downloaded from the Hugging Face hub into a temporary directory, from which only the
-encoder and the tokenizer are saved into soundmap's cache (the seq2seq download is ~3 GB; the
-encoder alone ~1.4 GB).
+and otherwise downloaded through :mod:`soundmap.hub` (``HF_ENDPOINT``, offline switches), after
+which only the encoder and the tokenizer are kept, in soundmap's cache (the seq2seq download is
+~3 GB; the encoder alone ~1.4 GB).
 """
 
 from __future__ import annotations
@@ -83,30 +83,59 @@ def _load_local(directory: Path) -> tuple[Any, Any]:
     return tokenizer, encoder
 
 
-def _download_encoder(repo_id: str, target: Path) -> None:
-    """Fetch ``repo_id`` from the hub into a temporary directory and keep only the encoder and
-    tokenizer (written to ``target`` atomically by renaming a finished sibling directory)."""
-    from transformers import AutoTokenizer, T5EncoderModel
+#: Files of a T5 repository needed for the encoder + tokenizer (no TF/Flax/PyTorch-bin copies).
+T5_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "special_tokens_map.json",
+               "spiece.model"]
 
+
+def _download_encoder(repo_id: str, target: Path) -> None:
+    """Fetch ``repo_id`` through :mod:`soundmap.hub` and keep only the encoder and tokenizer,
+    written to ``target`` atomically (a finished sibling directory renamed into place). A
+    snapshot that this call downloaded is removed from the Hugging Face cache afterwards: it holds
+    the whole seq2seq model (~3 GB), of which only the encoder (~1.4 GB) is kept."""
+    from soundmap.hub import hub_snapshot
+
+    was_cached = _cached_snapshot(repo_id)
+    snapshot = hub_snapshot(repo_id, allow_patterns=T5_PATTERNS)
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".t5-download.", dir=target.parent))
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(repo_id, cache_dir=str(scratch))
-            encoder = T5EncoderModel.from_pretrained(repo_id, cache_dir=str(scratch))
-        except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelError(f"cannot fetch the text encoder {repo_id} ({first}); connect to the internet once, "
-                             f"or set {T5_DIR_ENV} to a local save_pretrained T5 encoder") from None
+        tokenizer, encoder = _load_local(snapshot)
         tokenizer.save_pretrained(str(staging))
         encoder.save_pretrained(str(staging))
+        del encoder
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
+    if not was_cached:
+        _drop_from_hf_cache(repo_id, snapshot)
+
+
+def _cached_snapshot(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    from soundmap.hub import hub_settings
+
+    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=hub_settings().cache_dir)
+    return isinstance(found, str)
+
+
+def _drop_from_hf_cache(repo_id: str, snapshot: Path) -> None:
+    """Delete the downloaded revision (its snapshot and blobs) through huggingface_hub's cache API."""
+    from huggingface_hub import scan_cache_dir
+
+    from soundmap.hub import hub_settings
+
+    try:
+        info = scan_cache_dir(hub_settings().cache_dir)
+        commits = {rev.commit_hash for repo in info.repos if repo.repo_id == repo_id for rev in repo.revisions
+                   if Path(rev.snapshot_path) == snapshot}
+        if commits:
+            info.delete_revisions(*commits).execute()
+    except (OSError, ValueError):
+        pass  # the encoder copy is complete; a leftover download only costs disk
 
 
 def load_text_encoder(repo_id: str, text_encoder: str | os.PathLike | None = None,
