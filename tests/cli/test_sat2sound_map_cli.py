@@ -1,0 +1,92 @@
+"""``soundmap map --model sat2sound-sentinel-meta`` end to end on the loopback tile server: a tiny
+random-weight Sat2Sound installed under the registry name, the tiny FlanT5 through SOUNDMAP_T5_DIR."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from soundmap.cli.main import run
+from tests.fixtures.audio import sine_mix, write_clip
+from tests.fixtures.query_workspace import QUERY_BBOX
+from tests.fixtures.sat2sound import build_tiny_sat2sound, save_tiny_t5
+from tests.fixtures.tileserver import TileServer
+
+NAME = "sat2sound-sentinel-meta"
+
+
+@pytest.fixture
+def sat2sound_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from soundmap.paths import model_dir
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("SOUNDMAP_T5_DIR", str(save_tiny_t5(tmp_path / "t5")))
+    build_tiny_sat2sound().save(model_dir() / NAME)
+    return write_clip(tmp_path / "birds.wav", sine_mix(3.0, 22050), 22050, 1)
+
+
+def test_map_with_sat2sound_text_audio_combined_and_an_hour_series(sat2sound_env: Path, tile_server: TileServer,
+                                                                   tmp_path: Path, capsys) -> None:
+    import soundmap as sm
+
+    out, ws = tmp_path / "map.tif", tmp_path / "ws"
+    code = run(["map", "--bbox", QUERY_BBOX, "--text", "birds singing", "--audio", str(sat2sound_env), "--combine",
+                "--hour", "6-7", "--out", str(out), "--source", tile_server.xyz_template, "--model", NAME,
+                "--stride", "5000", "--workspace", str(ws), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert tile_server.requests
+    with rasterio.open(out) as ds:
+        assert ds.count == 2  # one combined query × two hours
+        data = ds.read()
+        assert "birds singing" in ds.descriptions[0] and "hour=6" in ds.descriptions[0]
+    assert np.isfinite(data).all() and (np.abs(data) <= 1.0 + 1e-5).all()  # cosine
+    assert not np.allclose(data[0], data[1])  # hour 6 and hour 7 fuse differently
+    # the store holds the 196 projected tokens per cell (the model's feature width), and the map is
+    # the library's cosine of the fused cell embedding with l2n(l2n(audio) + l2n(text))
+    model = sm.load_model(NAME, "cpu")
+    store = sm.open_embedding_store(ws, 1, model)
+    assert store.features.shape[-1] == model.feature_dim == 196 * 32
+    rows, cols = np.nonzero(np.isfinite(data[0]))
+    lon, lat = store.grid.centers_lonlat(rows, cols)
+    features = torch.from_numpy(np.asarray(store.features[:], dtype=np.float32)[rows, cols])
+    query = sm.Embedding.combine(model.encode_audio([str(sat2sound_env)]), model.encode_text(["birds singing"]))
+    for band, hour in enumerate((6, 7)):
+        cells = model.fuse(features, sm.Metadata(lat=lat, lon=lon, hour=hour))
+        np.testing.assert_allclose(data[band][rows, cols], sm.score(query, cells).numpy(), atol=1e-5)
+
+
+def test_uncertainty_is_refused_for_sat2sound(sat2sound_env: Path, tile_server: TileServer, tmp_path: Path,
+                                             capsys) -> None:
+    code = run(["map", "--bbox", QUERY_BBOX, "--text", "rain", "--uncertainty", "--out", str(tmp_path / "m.tif"),
+                "--source", tile_server.xyz_template, "--model", NAME, "--stride", "5000", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--uncertainty" in err and "Sat2Sound" in err and len(err.splitlines()) == 1
+
+
+def test_nometa_store_keeps_the_final_embedding(tmp_path: Path, tile_server: TileServer, capsys,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import soundmap as sm
+    from soundmap.paths import model_dir
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("SOUNDMAP_T5_DIR", str(save_tiny_t5(tmp_path / "t5")))
+    build_tiny_sat2sound(metadata=()).save(model_dir() / "sat2sound-sentinel-nometa")
+    out, ws = tmp_path / "m.tif", tmp_path / "ws"
+    code = run(["map", "--bbox", QUERY_BBOX, "--text", "rain", "--out", str(out), "--source", tile_server.xyz_template,
+                "--model", "sat2sound-sentinel-nometa", "--stride", "5000", "--workspace", str(ws), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    model = sm.load_model("sat2sound-sentinel-nometa", "cpu")
+    store = sm.open_embedding_store(ws, 1, model)
+    assert store.features.shape[-1] == 32  # the 1024-d (here 32-d) cell embedding itself
+    with rasterio.open(out) as ds:
+        data = ds.read(1)
+    rows, cols = np.nonzero(np.isfinite(data))
+    cells = torch.from_numpy(np.asarray(store.features[:], dtype=np.float32)[rows, cols])
+    expected = sm.score(model.encode_text(["rain"]), model.fuse(cells)).numpy()
+    np.testing.assert_allclose(data[rows, cols], expected, atol=1e-5)
