@@ -53,6 +53,7 @@ UncertaintyOpt = Annotated[bool, typer.Option("--uncertainty", help="Per-cell un
 PngOpt = Annotated[bool, typer.Option("--png", help="Quick-look PNG with colour bar, title and attribution.")]
 GifOpt = Annotated[bool, typer.Option("--gif", help="Animated GIF of a series (several hours or months).")]
 StoreUrlOpt = Annotated[Optional[str], typer.Option("--store-url", help="Read the embeddings from under this fsspec URL (default: $SOUNDMAP_STORE_URL, else the one recorded by `soundmap embed --store-url`, else the workspace).", show_default=False)]
+SubcellOpt = Annotated[bool, typer.Option("--subcell", help="Also write <out>_subcell.tif: each cell's 14×14 image tokens scored (Sat2Sound models with metadata), on a 14× finer grid aligned with the cells.")]
 FusedCacheOpt = Annotated[bool, typer.Option("--fused-cache/--no-fused-cache", help="Keep fused embeddings in the workspace for later queries.")]
 
 
@@ -91,7 +92,7 @@ def query_command(
     gif: GifOpt = False, zoom: ZoomOpt = None, model: ModelOpt = None, bbox: BBoxOpt = None,
     fused_cache: FusedCacheOpt = True, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto", quiet: QuietOpt = False, scheduler: SchedulerOpt = None,
-    resources: ResourcesOpt = None, store_url: StoreUrlOpt = None,
+    resources: ResourcesOpt = None, store_url: StoreUrlOpt = None, subcell: SubcellOpt = False,
 ) -> None:
     from ..distributed.cluster import resolve_scheduler
     from ..query.workflow import query_workspace
@@ -112,6 +113,11 @@ def query_command(
         result = query_on_cluster(cluster, workspace, options, model=model, device=device, cache_dir=cache_dir,
                                   fused_cache=fused_cache)
     _report(result)
+    if subcell:
+        from ..query.subcell import subcell_for_workspace
+
+        typer.echo(str(subcell_for_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir,
+                                             store_url=store_url)))
 
 
 def map_command(

@@ -90,3 +90,42 @@ def test_nometa_store_keeps_the_final_embedding(tmp_path: Path, tile_server: Til
     cells = torch.from_numpy(np.asarray(store.features[:], dtype=np.float32)[rows, cols])
     expected = sm.score(model.encode_text(["rain"]), model.fuse(cells)).numpy()
     np.testing.assert_allclose(data[rows, cols], expected, atol=1e-5)
+
+
+def test_query_subcell_writes_token_maps_on_a_14x_finer_aligned_grid(sat2sound_env: Path, tile_server: TileServer,
+                                                                     tmp_path: Path, capsys) -> None:
+    import soundmap as sm
+
+    ws = tmp_path / "ws"
+    assert run(["map", "--bbox", QUERY_BBOX, "--text", "rain", "--hour", "6", "--out", str(tmp_path / "m.tif"),
+                "--source", tile_server.xyz_template, "--model", NAME, "--stride", "5000", "--workspace", str(ws),
+                "--quiet"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "q.tif"
+    code = run(["query", "--workspace", str(ws), "--text", "rain", "--text", "birds singing", "--hour", "6",
+                "--model", NAME, "--subcell", "--out", str(out), "--quiet"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    subcell = tmp_path / "q_subcell.tif"
+    assert printed.out.split() == [str(out), str(subcell)]
+    with rasterio.open(out) as cells_ds, rasterio.open(subcell) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert ds.crs == cells_ds.crs and ds.count == 2
+        assert (ds.width, ds.height) == (14 * cells_ds.width, 14 * cells_ds.height)
+        assert ds.transform.a == pytest.approx(cells_ds.transform.a / 14)
+        assert ds.transform.e == pytest.approx(cells_ds.transform.e / 14)
+        assert (ds.transform.c, ds.transform.f) == pytest.approx((cells_ds.transform.c, cells_ds.transform.f))
+        fine = ds.read()
+    model = sm.load_model(NAME, "cpu")
+    store = sm.open_embedding_store(ws, 1, model)
+    valid = np.asarray(store.state[:]) == 1
+    rows, cols = np.nonzero(valid)
+    lon, lat = store.grid.centers_lonlat(rows, cols)
+    features = torch.from_numpy(np.asarray(store.features[:], dtype=np.float32)[rows, cols])
+    queries = sm.Embedding.cat([model.encode_text(["rain"]), model.encode_text(["birds singing"])])
+    maps = model.token_scores(features, sm.Metadata(lat=lat, lon=lon, hour=6), queries).numpy()
+    for k, (r, c) in enumerate(zip(rows, cols)):
+        np.testing.assert_allclose(fine[:, 14 * r:14 * r + 14, 14 * c:14 * c + 14], maps[k], atol=1e-5)
+    assert np.isnan(fine[0].reshape(store.grid.rows, 14, store.grid.cols, 14).transpose(0, 2, 1, 3)[~valid]).all()
+    # a token is scored as the cell would be if it were the whole image: cosine, within [-1, 1]
+    assert np.nanmax(np.abs(fine)) <= 1.0 + 1e-5 and not np.allclose(fine[0][np.isfinite(fine[0])], fine[0][0, 0])

@@ -299,25 +299,38 @@ class Sat2SoundModel(nn.Module):
                 parts.append(self.fdt.embed(self.fdt.img_query_model, fused))
         return unit_embedding(torch.cat(parts) if parts else features.new_zeros((0, self.config.codebook_dim)))
 
-    def token_scores(self, image_features: torch.Tensor, metadata: Metadata | None, query: Embedding) -> torch.Tensor:
-        """Sub-cell map: for each cell, the cosine between the query and each of its 196 image
-        tokens' own codebook embeddings (N × 14 × 14). Each token is pooled alone (max over one
-        token = its scores; sparsemax over codes; ``w @ C``), so a token scores like a cell would
-        if it were the whole image."""
-        features = torch.as_tensor(image_features).to(self.device, torch.float32)
-        n, g = features.shape[0], self.config.vit.grid_size
-        with torch.inference_mode():
-            if self.config.metadata:
-                tokens = self.fused_tokens(features, metadata)[:, :self.config.num_patches]
-            else:
-                raise ModelError("sub-cell maps need the image tokens; models without metadata store only "
-                                 "the cell embedding")
-            from soundmap.models.sat2sound.codebook import sparsemax
+    def token_scores(self, image_features: torch.Tensor, metadata: Metadata | None, queries: Embedding,
+                     chunk: int = 8) -> torch.Tensor:
+        """Sub-cell maps: for each cell and query, the cosine between the query and each of the
+        cell's 196 (metadata-fused) image tokens → (N × Q × 14 × 14), token (r, c) = patch row r
+        (top = north), column c.
 
-            scores = self.fdt.token_scores(self.fdt.img_query_model, tokens) / 1000.0
-            emb = l2_normalize(sparsemax(scores, dim=-1) @ self.fdt.space_dict)
-            sims = emb @ query.mu.to(emb.device)[0]
-        return sims.reshape(n, g, g)
+        Each token is pooled through the codebook on its own (the max over one token is its own
+        scores; sparsemax over the codes; ``w @ C``), so a token scores exactly as a cell would if
+        that token were the whole image, in the same cosine units as the cell map. (The authors'
+        demo "word heatmap" instead shows, for one word, the image tokens' raw scores on that
+        word's strongest code; a query here may be a sentence, a clip or both, so its whole
+        embedding is used.) Models without metadata keep only the cell embedding: refused.
+        """
+        from soundmap.models.sat2sound.codebook import CODEBOOK_TEMPERATURE, sparsemax
+
+        if not self.config.metadata:
+            raise ModelError("sub-cell maps need the image tokens, which only Sat2Sound models with metadata "
+                             "store; use a *-meta model")
+        features = torch.as_tensor(image_features).to(self.device, torch.float32)
+        n, g, patches = features.shape[0], self.config.vit.grid_size, self.config.num_patches
+        metadata = metadata or Metadata()
+        query = queries.mu.to(self.device, torch.float32)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, n, chunk):
+                part = _metadata_rows(metadata, start, min(start + chunk, n))
+                tokens = self.fused_tokens(features[start:start + chunk], part)[:, :patches]
+                scores = self.fdt.token_scores(self.fdt.img_query_model, tokens) / CODEBOOK_TEMPERATURE
+                emb = l2_normalize(sparsemax(scores, dim=-1) @ self.fdt.space_dict)
+                out.append((emb @ query.T).permute(0, 2, 1))
+        sims = torch.cat(out) if out else features.new_zeros((0, query.shape[0], patches))
+        return sims.reshape(n, query.shape[0], g, g)
 
     # -- text / audio ----------------------------------------------------------------------------
     def text_encoder(self) -> tuple[Any, Any]:
@@ -336,15 +349,23 @@ class Sat2SoundModel(nn.Module):
     def encode_text(self, texts: str | Sequence[str] | None = None, *, input_ids: torch.Tensor | None = None,
                     attention_mask: torch.Tensor | None = None, batch_size: int = 32) -> Embedding:
         """Texts (or FlanT5 ``input_ids``/``attention_mask``) → text :class:`Embedding`: T5
-        hidden states → ``txt_query_model`` → codebook pooling with pads scoring 0."""
+        hidden states → ``txt_query_model`` → codebook pooling with pads scoring 0.
+
+        Texts are encoded one by one, so that a text's embedding does not depend on the other
+        texts of the call: in the reference's batches the pad tokens score 0 for every code and
+        join the max pooling, which changes an embedding whenever the sparsemax threshold is
+        negative. Pre-tokenized ``input_ids``/``attention_mask`` are used as given (a padded
+        batch reproduces the authors' batched evaluation exactly)."""
         tokenizer, encoder = self.text_encoder()
         if input_ids is None:
             if texts is None:
                 raise InputError("encode_text needs texts or input_ids")
             from soundmap.models.sat2sound.preprocessing import tokenize
 
-            batch = tokenize(tokenizer, texts)
-            input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+            tokenize(tokenizer, texts)  # validates the input
+            batch = [texts] if isinstance(texts, str) else list(texts)
+            return Embedding.cat([self.encode_text(input_ids=row["input_ids"], attention_mask=row["attention_mask"])
+                                  for row in (tokenize(tokenizer, text) for text in batch)])
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         out = []
