@@ -264,6 +264,16 @@ class Sat2SoundModel(nn.Module):
                 out.append(tokens.float())
         return torch.cat(out)
 
+    def features_from_pixels(self, pixels: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
+        """Normalised 224-px pixels (N × 3 × 224 × 224) + ``zoom × gsd`` → what
+        :meth:`encode_image` returns (for inputs already transformed, e.g. the evaluation)."""
+        with torch.inference_mode():
+            with self._image_autocast():
+                tokens = self.satmae_backbone(pixels.to(self.device), res.to(self.device)).float()
+            if self.config.metadata:
+                return tokens.reshape(tokens.shape[0], -1)
+            return self.fdt.embed(self.fdt.img_query_model, tokens)
+
     def encode_image(self, images: Any, zoom: Any, batch_size: int = 32) -> torch.Tensor:
         """Per-cell features to cache (N × :attr:`feature_dim`): the final unnormalised embedding
         without metadata, the flattened projected tokens with metadata."""
