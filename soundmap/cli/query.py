@@ -130,7 +130,7 @@ def map_command(
     zoom: MapZoomOpt = None, model: MapModelOpt = None, source: SourceOpt = "s2cloudless-2020", stride: StrideOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Download the default model and large tile sets without asking.")] = False,
     tiles_config: TilesConfigOpt = None, fused_cache: FusedCacheOpt = True, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
-    device: DeviceOpt = "auto", quiet: QuietOpt = False,
+    device: DeviceOpt = "auto", quiet: QuietOpt = False, subcell: SubcellOpt = False,
 ) -> None:
     from ..query.workflow import map_region
 
@@ -141,6 +141,26 @@ def map_command(
                         confirm=_confirm, device=device, cache_dir=cache_dir, stride=stride, fused_cache=fused_cache,
                         tiles_config=tiles_config)
     _report(result)
+    if subcell:
+        typer.echo(str(_map_subcell(bbox, options, source=source, zoom=zoom, model=model, workspace=workspace,
+                                    stride=stride, tiles_config=tiles_config, device=device, cache_dir=cache_dir)))
+
+
+def _map_subcell(bbox: str, options, *, source: str, zoom: Optional[int], model: Optional[str],
+                 workspace: Optional[Path], stride: Optional[float], tiles_config: Optional[Path], device: str,
+                 cache_dir: Optional[Path]) -> Path:
+    """``map --subcell``: the sub-cell COG of the workspace the map just filled."""
+    from ..geo.bbox import parse_bbox
+    from ..query.subcell import subcell_for_workspace
+    from ..query.workflow import default_map_zoom, map_workspace_dir
+    from ..tiles.sources import resolve_source
+
+    if workspace is None:
+        box = parse_bbox(bbox)
+        tile_source = resolve_source(source, config_path=tiles_config)
+        level = int(zoom) if zoom is not None else default_map_zoom(box)
+        workspace = map_workspace_dir(box, tile_source, level, stride, cache_dir)
+    return subcell_for_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir)
 
 
 def _confirm(question: str) -> bool:

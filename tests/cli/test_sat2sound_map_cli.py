@@ -34,12 +34,16 @@ def test_map_with_sat2sound_text_audio_combined_and_an_hour_series(sat2sound_env
                                                                    tmp_path: Path, capsys) -> None:
     import soundmap as sm
 
-    out, ws = tmp_path / "map.tif", tmp_path / "ws"
+    out = tmp_path / "map.tif"
     code = run(["map", "--bbox", QUERY_BBOX, "--text", "birds singing", "--audio", str(sat2sound_env), "--combine",
                 "--hour", "6-7", "--out", str(out), "--source", tile_server.xyz_template, "--model", NAME,
-                "--stride", "5000", "--workspace", str(ws), "--quiet"])
+                "--stride", "5000", "--subcell", "--quiet"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
+    assert captured.out.split() == [str(out), str(tmp_path / "map_subcell.tif")]
+    with rasterio.open(tmp_path / "map_subcell.tif") as ds:
+        assert ds.count == 2 and np.isfinite(ds.read()).any()
+    ws = _map_workspace(tile_server)
     assert tile_server.requests
     with rasterio.open(out) as ds:
         assert ds.count == 2  # one combined query × two hours
@@ -59,6 +63,15 @@ def test_map_with_sat2sound_text_audio_combined_and_an_hour_series(sat2sound_env
     for band, hour in enumerate((6, 7)):
         cells = model.fuse(features, sm.Metadata(lat=lat, lon=lon, hour=hour))
         np.testing.assert_allclose(data[band][rows, cols], sm.score(query, cells).numpy(), atol=1e-5)
+
+
+def _map_workspace(tile_server: TileServer) -> Path:
+    """The per-region workspace `soundmap map` filled (no --workspace given)."""
+    from soundmap.geo.bbox import parse_bbox
+    from soundmap.query.workflow import map_workspace_dir
+    from soundmap.tiles.sources import resolve_source
+
+    return map_workspace_dir(parse_bbox(QUERY_BBOX), resolve_source(tile_server.xyz_template), 1, 5000.0, None)
 
 
 def test_uncertainty_is_refused_for_sat2sound(sat2sound_env: Path, tile_server: TileServer, tmp_path: Path,

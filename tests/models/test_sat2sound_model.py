@@ -44,7 +44,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("metadata", [ALL_METADATA, (), ("caption_source", "latlon", "month", "hour")])
-def test_authors_checkpoint_round_trip_is_exact(tmp_path: Path, t5_dir: Path, clip: Path, metadata) -> None:
+def test_authors_checkpoint_round_trip_is_exact(tmp_path: Path, t5_dir: Path, clip: Path, metadata, capsys) -> None:
     from soundmap.cli.main import run
 
     model = build_tiny_sat2sound(family="googleEarth" if len(metadata) == 4 else "sentinel", metadata=metadata)
@@ -60,6 +60,10 @@ def test_authors_checkpoint_round_trip_is_exact(tmp_path: Path, t5_dir: Path, cl
     from soundmap.models.registry import installed_models
 
     assert [m.config.variant for m in installed_models()] == ["sat2sound"]  # `models list` reads it
+    capsys.readouterr()
+    assert run(["models", "info", "s2s"]) == 0
+    shown = capsys.readouterr().out
+    assert "variant:     sat2sound (deterministic, scored with cosine)" in shown and "sha256" in shown
 
 
 @pytest.mark.parametrize(("edit", "message"), [
