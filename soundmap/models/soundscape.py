@@ -402,12 +402,6 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
     from safetensors.torch import load_file
 
     directory = _model_directory(name_or_path, cache_dir)
-    sat2sound = _sat2sound_payload(directory)
-    if sat2sound is not None:
-        from soundmap.models.sat2sound.modeling import load_sat2sound
-
-        return load_sat2sound(directory, sat2sound, device, text_encoder=text_encoder, verify_hash=verify_hash,
-                              cache_dir=cache_dir)
     config, sha = read_config(directory)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
@@ -419,18 +413,17 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as err:
         raise ModelError(f"cannot read {weights} ({err}); re-import the model") from None
+    if config.variant == "sat2sound":  # the third family: its own class and text-encoder lookup
+        from soundmap.models.sat2sound.modeling import Sat2SoundModel
+
+        sat2sound = Sat2SoundModel.from_state_dict(config, state, name=config.name or directory.name,
+                                                   weights_sha256=sha)
+        sat2sound.text_encoder_dir = Path(text_encoder) if text_encoder else None
+        sat2sound.cache_dir = Path(cache_dir) if cache_dir else None
+        return sat2sound.to(target).eval()
     model = SoundscapeModel.from_state_dict(config, state, name=config.name or directory.name, weights_sha256=sha)
     model.clap_files = Path(clap_files) if clap_files else _clap_files_under(cache_dir)
     return model.to(target).eval()
-
-
-def _sat2sound_payload(directory: Path) -> dict[str, Any] | None:
-    """The config payload of a Sat2Sound model directory, None for PSM/GeoCLAP."""
-    try:
-        payload = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None  # read_config reports it
-    return payload if isinstance(payload, dict) and payload.get("variant") == "sat2sound" else None
 
 
 def _clap_files_under(cache_dir: str | os.PathLike | None) -> Path | None:

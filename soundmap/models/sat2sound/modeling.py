@@ -24,10 +24,7 @@ combination rule for a composed query is ``l2n(l2n(audio) + l2n(text))``; so tha
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +39,10 @@ from soundmap.models.heads import MLPHead
 from soundmap.models.sat2sound.codebook import Codebook
 from soundmap.models.sat2sound.configuration import Sat2SoundConfig
 from soundmap.models.sat2sound.htsat import HTSAT
+from soundmap.models.soundscape import SoundscapeModel
 from soundmap.models.vit import ViTBackbone
 from soundmap.preprocess.metadata import Metadata, MetaToken
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 #: Training-only temperatures of the six contrastive losses (``combined_modality_loss=1``).
 LOGIT_SCALES: tuple[str, ...] = ("at", "it", "ia", "fdt", "i_at", "it_a")
 #: Rows per fusion chunk (each row is 196 + M tokens × 1024 through 3 layers).
@@ -183,6 +179,18 @@ class Sat2SoundModel(nn.Module):
         self.precision = "auto"
         self.eval()
 
+    # -- shared with PSM/GeoCLAP: the same semantics, one implementation --------------------------
+    #: ``auto`` | ``fp32`` for the ViT; what it means on the current device; the autocast context.
+    set_precision = SoundscapeModel.set_precision
+    image_precision = SoundscapeModel.image_precision
+    _image_autocast = SoundscapeModel._image_autocast
+    #: Per-image ``zoom × gsd`` for the GSD positional embedding.
+    resolutions = SoundscapeModel.resolutions
+    #: ``config.json`` + ``model.safetensors`` written atomically, weights hashed.
+    save = SoundscapeModel.save
+    #: A model holding exactly a state dict (strict name/shape check, tensors assigned, no init).
+    from_state_dict = classmethod(SoundscapeModel.from_state_dict.__func__)  # type: ignore[attr-defined]
+
     # -- facts ------------------------------------------------------------------------------------
     variant = "sat2sound"
     probabilistic = False
@@ -215,34 +223,7 @@ class Sat2SoundModel(nn.Module):
     def fuser(self) -> TokenMetaFuser | None:
         return self.sat_encoder.meta_fuser if self.config.metadata else None
 
-    def set_precision(self, precision: str) -> Sat2SoundModel:
-        from soundmap.models.soundscape import check_precision
-
-        self.precision = check_precision(precision)
-        return self
-
-    @property
-    def image_precision(self) -> str:
-        """``bf16`` for the ViT on CUDA with ``auto``; everything after it is always fp32 (the
-        codebook logits are ÷ 32,000, too small for bf16)."""
-        return "bf16" if self.precision == "auto" and self.device.type == "cuda" else "fp32"
-
-    @contextlib.contextmanager
-    def _image_autocast(self) -> Iterator[None]:
-        if self.image_precision == "bf16":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                yield
-        else:
-            with torch.autocast(self.device.type, enabled=False):
-                yield
-
     # -- image ------------------------------------------------------------------------------------
-    def resolutions(self, zoom: Any, n: int) -> torch.Tensor:
-        """Per-image ``zoom × gsd`` (gsd: sentinel 10, bing 0.6, googleEarth 0.2 m/px)."""
-        from soundmap.models.soundscape import SoundscapeModel
-
-        return SoundscapeModel.resolutions(self, zoom, n)  # type: ignore[arg-type]
-
     def image_tokens(self, images: Any, zoom: Any, batch_size: int = 32) -> torch.Tensor:
         """uint8 N×H×W×3 renders → projected patch tokens (N × 196 × fc_dim, fp32). The eval
         transform is the authors': the render already covers ``zoom × tile`` px of ground, resized
@@ -415,39 +396,6 @@ class Sat2SoundModel(nn.Module):
                 out.append(self.fdt.embed(self.fdt.audio_query_model, tokens))
         return unit_embedding(torch.cat(out))
 
-    # -- persistence ------------------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` atomically (as the other families)."""
-        from safetensors.torch import save_file
-
-        from soundmap.atomic import atomic_path, write_text_atomic
-        from soundmap.models.soundscape import file_sha256
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(directory / WEIGHTS_FILE) as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt"})
-            self.weights_sha256 = file_sha256(tmp)
-        payload = self.config.with_updates(name=self.name or directory.name).to_dict()
-        payload["weights_sha256"] = self.weights_sha256
-        write_text_atomic(directory / CONFIG_FILE, json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        return directory
-
-    @classmethod
-    def from_state_dict(cls, config: Sat2SoundConfig, state: dict[str, torch.Tensor], *, name: str = "",
-                        weights_sha256: str = "", what: str = "model weights") -> Sat2SoundModel:
-        """A model holding exactly ``state`` (strict name and shape check, one-line error)."""
-        from soundmap.models.soundscape import check_state_dict
-
-        with torch.device("meta"):
-            model = cls(config, name=name, weights_sha256=weights_sha256)
-        check_state_dict(model, state, what=what)
-        owned = {key: tensor.clone(memory_format=torch.contiguous_format) for key, tensor in state.items()}
-        model.load_state_dict(owned, strict=True, assign=True)
-        return model.eval()
-
-
 def _metadata_rows(metadata: Metadata, start: int, stop: int) -> Metadata:
     """The rows ``start:stop`` of per-row metadata fields (scalars are shared)."""
     from dataclasses import fields, replace
@@ -460,30 +408,3 @@ def _metadata_rows(metadata: Metadata, start: int, stop: int) -> Metadata:
         if _sequence_length(value) is not None:
             changes[field.name] = value[start:stop] if not isinstance(value, np.ndarray) else value.reshape(-1)[start:stop]
     return replace(metadata, **changes) if changes else metadata
-
-
-def load_sat2sound(directory: Path, payload: dict[str, Any], device: Any = "auto", *,
-                   text_encoder: str | os.PathLike | None = None, verify_hash: bool = False,
-                   cache_dir: str | os.PathLike | None = None) -> Sat2SoundModel:
-    """Load an installed Sat2Sound model directory (called by ``soundmap.load_model``)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from soundmap.models.soundscape import file_sha256, resolve_device
-
-    sha = str(payload.pop("weights_sha256", ""))
-    config = Sat2SoundConfig.from_dict(payload)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ModelError(f"{weights} is missing; re-import the model")
-    if verify_hash and sha and file_sha256(weights) != sha:
-        raise ModelError(f"{weights} does not match its recorded SHA-256; re-import the model")
-    target = resolve_device(device)
-    try:
-        state = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise ModelError(f"cannot read {weights} ({err}); re-import the model") from None
-    model = Sat2SoundModel.from_state_dict(config, state, name=config.name or directory.name, weights_sha256=sha)
-    model.text_encoder_dir = Path(text_encoder) if text_encoder else None
-    model.cache_dir = Path(cache_dir) if cache_dir else None
-    return model.to(target).eval()
