@@ -13,14 +13,12 @@ googleEarth) exactly as for PSM/GeoCLAP, so tile planning and zoom semantics are
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from soundmap.errors import ConfigError
-from soundmap.families import Family, get_family
-from soundmap.models.config import FusionConfig, ViTConfig, normalize_components
+from soundmap.families import get_family
+from soundmap.models.config import FusionConfig, ModelConfig, ViTConfig, normalize_components
 
 VARIANT = "sat2sound"
 #: Bump when a Sat2Sound transform changes, so cached cells made with another version are stale.
@@ -120,13 +118,8 @@ class Sat2SoundConfig:
     def default_score(self) -> str:
         return "cosine"
 
-    @property
-    def family_info(self) -> Family:
-        return get_family(self.family)
-
-    @property
-    def gsd(self) -> float:
-        return self.family_info.gsd
+    family_info = ModelConfig.family_info
+    gsd = ModelConfig.gsd
 
     @property
     def num_patches(self) -> int:
@@ -155,15 +148,8 @@ class Sat2SoundConfig:
         except TypeError as err:
             raise ConfigError(f"Sat2Sound config is invalid ({err}); re-import the model") from None
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Sat2SoundConfig:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-    def with_updates(self, **changes: Any) -> Sat2SoundConfig:
-        return replace(self, **changes)
+    to_json = ModelConfig.to_json
+    with_updates = ModelConfig.with_updates
 
     # -- presets -------------------------------------------------------------------------------
     @classmethod

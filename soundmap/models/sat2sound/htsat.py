@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from soundmap.models.sat2sound.configuration import HTSATConfig, MelConfig
+from soundmap.models.vit import Mlp
 
 #: Additive attention bias between tokens of different regions in a shifted window.
 SHIFT_MASK_VALUE = -100.0
@@ -181,16 +182,6 @@ class WindowAttention(nn.Module):
         return self.proj(out), self.proj(v.transpose(1, 2).reshape(b, n, c))
 
 
-class SwinMlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class SwinBlock(nn.Module):
     """Pre-norm Swin block on a (height × width) token grid; optionally also the ``v`` stream."""
 
@@ -203,7 +194,7 @@ class SwinBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, window, num_heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = SwinMlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))  # fc1 → exact GELU → fc2, as the ViT's
         mask = shifted_window_mask(resolution, resolution, window, shift) if shift else None
         self.register_buffer("attn_mask", mask)
 

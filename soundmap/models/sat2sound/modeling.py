@@ -59,12 +59,7 @@ class TokenViT(ViTBackbone):
         del self.fc_norm
 
     def forward(self, pixels: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(pixels)
-        grid = pixels.shape[-1] // self.config.patch_size
-        x = x + self.positional_embedding(res, grid, x.device).to(x.dtype)
-        for block in self.blocks:
-            x = block(x)
-        return x
+        return self.tokens(pixels, res)
 
 
 class SatMAEBranch(nn.Module):
@@ -196,21 +191,10 @@ class Sat2SoundModel(nn.Module):
     probabilistic = False
     default_score = "cosine"
 
-    @property
-    def family(self) -> str:
-        return self.config.family
-
-    @property
-    def preprocess_version(self) -> str:
-        return self.config.preprocess_version
-
-    @property
-    def metadata_components(self) -> tuple[str, ...]:
-        return self.config.metadata
-
-    @property
-    def device(self) -> torch.device:
-        return self.fdt.space_dict.device
+    family = SoundscapeModel.family
+    preprocess_version = SoundscapeModel.preprocess_version
+    metadata_components = SoundscapeModel.metadata_components
+    device = SoundscapeModel.device
 
     @property
     def feature_dim(self) -> int:
