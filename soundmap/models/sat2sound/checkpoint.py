@@ -24,6 +24,7 @@ import torch
 
 from soundmap.errors import ModelError
 from soundmap.families import get_family
+from soundmap.models.checkpoint import _count
 from soundmap.models.config import FusionConfig, ViTConfig
 from soundmap.models.sat2sound.configuration import HTSATConfig, Sat2SoundConfig
 from soundmap.models.sat2sound.modeling import Sat2SoundModel
@@ -44,11 +45,6 @@ def is_sat2sound_checkpoint(checkpoint: Any) -> bool:
         return False
     state = checkpoint.get("state_dict")
     return isinstance(state, dict) and "fdt.space_dict" in state and any(k.startswith("satmae_backbone.") for k in state)
-
-
-def _count(state: dict[str, Any], pattern: str) -> int:
-    regex = re.compile(pattern)
-    return len({m.group(1) for k in state if (m := regex.match(k))})
 
 
 def _shape(state: dict[str, torch.Tensor], key: str) -> tuple[int, ...]:

@@ -208,26 +208,15 @@ class Sat2SoundModel(nn.Module):
         return self.sat_encoder.meta_fuser if self.config.metadata else None
 
     # -- image ------------------------------------------------------------------------------------
-    def image_tokens(self, images: Any, zoom: Any, batch_size: int = 32) -> torch.Tensor:
-        """uint8 N×H×W×3 renders → projected patch tokens (N × 196 × fc_dim, fp32). The eval
-        transform is the authors': the render already covers ``zoom × tile`` px of ground, resized
-        to 224 (bicubic, antialias), ImageNet normalisation."""
-        from soundmap.preprocess.image import eval_transform
+    @property
+    def image_encoder(self) -> SatMAEBranch:
+        """The image branch under the name :meth:`SoundscapeModel.encode_image` calls."""
+        return self.satmae_backbone
 
-        if not hasattr(images, "ndim") or images.ndim not in (3, 4):
-            raise InputError("images must be a uint8 array of shape N×H×W×3")
-        if images.ndim == 3:
-            images = images[None]
-        n = int(images.shape[0])
-        res = self.resolutions(zoom, n)
-        out = []
-        with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                pixels = eval_transform(images[start:start + batch_size], device=self.device)
-                with self._image_autocast():
-                    tokens = self.satmae_backbone(pixels, res[start:start + batch_size])
-                out.append(tokens.float())
-        return torch.cat(out)
+    #: uint8 N×H×W×3 renders → projected patch tokens (N × 196 × fc_dim, fp32): PSM's eval
+    #: transform and batching, which are the authors' here too (the render already covers
+    #: ``zoom × tile`` px of ground; resized to 224, bicubic + antialias; ImageNet normalisation).
+    image_tokens = SoundscapeModel.encode_image
 
     def features_from_pixels(self, pixels: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
         """Normalised 224-px pixels (N × 3 × 224 × 224) + ``zoom × gsd`` → what
