@@ -142,3 +142,12 @@ def test_query_subcell_writes_token_maps_on_a_14x_finer_aligned_grid(sat2sound_e
     assert np.isnan(fine[0].reshape(store.grid.rows, 14, store.grid.cols, 14).transpose(0, 2, 1, 3)[~valid]).all()
     # a token is scored as the cell would be if it were the whole image: cosine, within [-1, 1]
     assert np.nanmax(np.abs(fine)) <= 1.0 + 1e-5 and not np.allclose(fine[0][np.isfinite(fine[0])], fine[0][0, 0])
+
+
+def test_wide_token_features_get_smaller_store_chunks() -> None:
+    from soundmap.store.embeddings import CHUNK_CELLS, MAX_CHUNK_BYTES, capped_chunk_cells
+
+    assert capped_chunk_cells(CHUNK_CELLS, 512, "float16") == CHUNK_CELLS  # PSM stores are unchanged
+    full = capped_chunk_cells(CHUNK_CELLS, 196 * 1024, "float16")  # released Sat2Sound meta tokens
+    assert full == 8 and full * full * 196 * 1024 * 2 <= MAX_CHUNK_BYTES
+    assert capped_chunk_cells(CHUNK_CELLS, 196 * 1024, "float32") == 8

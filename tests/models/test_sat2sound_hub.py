@@ -27,8 +27,12 @@ def _ckpt_bytes(seed: int = 0) -> bytes:
 
 
 def test_pull_records_then_reuses_the_cache_and_refuses_a_changed_file(hf_server, tmp_path, monkeypatch) -> None:
+    from soundmap.cli.main import run
+    from soundmap.paths import model_dir
+
     hf_server.add_file(REPO, FILE, _ckpt_bytes())
-    path = pull_model("sat2sound-sentinel-meta")
+    assert run(["models", "pull", "sat2sound-sentinel-meta", "--quiet"]) == 0  # the CLI, no browser step
+    path = model_dir() / "sat2sound-sentinel-meta"
     assert hf_server.downloads(FILE), "the checkpoint came from the loopback Hub"
     model = soundmap.load_model("sat2sound-sentinel-meta", "cpu")
     assert model.variant == "sat2sound" and model.config.source["registry_name"] == "sat2sound-sentinel-meta"
