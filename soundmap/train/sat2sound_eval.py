@@ -17,8 +17,8 @@ Row → inputs, as the authors' dataset class does it: the stored image (Bing 15
 is centre-cropped to ``zoom × tile`` px (300 Bing, 256 otherwise) and resized to 224 (bicubic,
 antialias), ImageNet-normalised; lat/lon always valid; the date is parsed with dateutil (a date
 without a clock time counts as hour 0; an unparsable one drops month and hour); freesound clips
-never have an hour; SoundingEarth rows are source "aporee"; the caption source is not known per
-row here and is given as ``meta`` (the demos' default).
+never have an hour; SoundingEarth rows are source "aporee"; the caption source is the row's
+``audio_caption_source`` (``meta``, the demos' default, where the column is absent).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ PSM_PUBLISHED = {
     ("SoundingEarth", "googleEarth"): {"i2a": (0.690, 264), "a2i": (0.608, 371)},
 }
 ROW_BATCH = 64
+#: The source of the row's best audio caption (meta, qwen or pengi): the caption-source token.
+CAPTION_SOURCE_COLUMN = "audio_caption_source"
 
 
 @dataclass
@@ -125,8 +127,8 @@ def read_rows(files: list[Path], *, family: str, dataset: str, zoom: int, mel_in
         missing = [c for c in (image_column, "mel_features", "latitude", "longitude") if c not in names]
         if missing:
             raise InputError(f"{path.name} lacks the column(s) {', '.join(missing)}; is it a {dataset} split?")
-        columns = [c for c in (image_column, "mel_features", "latitude", "longitude", date_column, "source")
-                   if c in names]
+        columns = [c for c in (image_column, "mel_features", "latitude", "longitude", date_column, "source",
+                               CAPTION_SOURCE_COLUMN) if c in names]
         for batch in parquet.iter_batches(batch_size=ROW_BATCH, columns=columns):
             n = batch.num_rows if limit is None else min(batch.num_rows, limit - seen)
             if n <= 0:
@@ -139,8 +141,9 @@ def read_rows(files: list[Path], *, family: str, dataset: str, zoom: int, mel_in
             parts = [_date_parts(d) for d in dates]
             month = [m for m, _ in parts]
             hour = [float("nan") if s == "freesound" else h for s, (_, h) in zip(sources, parts)]
+            captions = batch.column(CAPTION_SOURCE_COLUMN).to_pylist() if CAPTION_SOURCE_COLUMN in columns else "meta"
             metadata = Metadata(lat=batch.column("latitude").to_numpy(), lon=batch.column("longitude").to_numpy(),
-                                month=month, hour=hour, audio_source=sources, caption_source="meta")
+                                month=month, hour=hour, audio_source=sources, caption_source=captions)
             pixels = torch.stack([_image_pixels(cell, zoom, tile_px) for cell in images])
             yield _Rows(pixels=pixels, mel=torch.from_numpy(np.ascontiguousarray(mel)), metadata=metadata)
             seen += n

@@ -23,6 +23,7 @@ from tests.fixtures.sat2sound import build_tiny_sat2sound
 ROWS = 12
 DATES = ["2021-05-03 13:20:00", "2019-12-24", "not a date", "2020-07-01 06:00:00"] * 3
 SOURCES = ["yfcc", "iNat", "aporee", "freesound"] * 3
+CAPTION_SOURCES = ["meta", "qwen", "pengi"] * 4
 
 
 def _split_bytes(seed: int) -> tuple[bytes, np.ndarray, np.ndarray]:
@@ -40,7 +41,7 @@ def _split_bytes(seed: int) -> tuple[bytes, np.ndarray, np.ndarray]:
         "latitude": np.linspace(-30, 60, ROWS), "longitude": np.linspace(-120, 150, ROWS), "date": DATES,
         "sentinel_image": pa.array(encoded, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
         "mel_features": pa.array(mel.tolist(), mel_type),
-        "audio_caption": ["birds"] * ROWS,
+        "audio_caption": ["birds"] * ROWS, "audio_caption_source": CAPTION_SOURCES,
     })
     sink = io.BytesIO()
     pq.write_table(table, sink, row_group_size=5)
@@ -66,7 +67,7 @@ def test_evaluate_on_the_geosound_layout(hf_server, capsys) -> None:
     loaded = sm.load_model("s2s", "cpu")
     image = loaded.fuse(loaded.encode_image(crops, 1),
                         sm.Metadata(lat=np.linspace(-30, 60, ROWS), lon=np.linspace(-120, 150, ROWS), month=months,
-                                    hour=hours, audio_source=SOURCES, caption_source="meta"))
+                                    hour=hours, audio_source=SOURCES, caption_source=CAPTION_SOURCES))
     audio = loaded.encode_audio(input_features=torch.from_numpy(mel[:, 0]))
     scores = image.mu @ audio.mu.T
     for key, matrix in (("image_to_audio", scores), ("audio_to_image", scores.T)):
