@@ -119,7 +119,7 @@ def evaluate_command(
     apply_quiet(quiet)
     if hf_dataset is not None:
         report = _evaluate_hf(model, hf_dataset, zoom=check_zoom(zoom), mel_index=mel_index, limit=limit,
-                              device=device, cache_dir=cache_dir)
+                              add_text=add_text, device=device, cache_dir=cache_dir)
         from ..train.sat2sound_eval import psm_line
 
         typer.echo(report.to_json() if json_out == "-" else report.table() + "\n" + psm_line(report))
@@ -141,8 +141,8 @@ def evaluate_command(
         write_text_atomic(json_out, report.to_json() + "\n")
 
 
-def _evaluate_hf(model: str, repo_id: str, *, zoom: int, mel_index: int, limit: Optional[int], device: str,
-                 cache_dir: Optional[str]):
+def _evaluate_hf(model: str, repo_id: str, *, zoom: int, mel_index: int, limit: Optional[int], add_text: bool,
+                 device: str, cache_dir: Optional[str]):
     """The Sat2Sound protocol on a Hugging Face dataset; the report's table gets PSM's figures."""
     from ..models.soundscape import load_model
     from ..paths import model_dir
@@ -153,7 +153,7 @@ def _evaluate_hf(model: str, repo_id: str, *, zoom: int, mel_index: int, limit: 
                         cache_dir=cache_dir)
     if getattr(loaded, "variant", None) != "sat2sound":
         raise InputError("--hf-dataset evaluates Sat2Sound models; give PSM/GeoCLAP models --data")
-    return evaluate_sat2sound(loaded, repo_id, zoom=zoom, mel_index=mel_index, limit=limit)
+    return evaluate_sat2sound(loaded, repo_id, zoom=zoom, mel_index=mel_index, limit=limit, add_text=add_text)
 
 
 @data_app.command("split")

@@ -56,6 +56,7 @@ class _Rows:
     pixels: torch.Tensor
     mel: torch.Tensor
     metadata: Any
+    captions: list[str]
 
 
 def split_files(repo_id: str, split: str = "test") -> list[Path]:
@@ -128,7 +129,7 @@ def read_rows(files: list[Path], *, family: str, dataset: str, zoom: int, mel_in
         if missing:
             raise InputError(f"{path.name} lacks the column(s) {', '.join(missing)}; is it a {dataset} split?")
         columns = [c for c in (image_column, "mel_features", "latitude", "longitude", date_column, "source",
-                               CAPTION_SOURCE_COLUMN) if c in names]
+                               CAPTION_SOURCE_COLUMN, "audio_caption") if c in names]
         for batch in parquet.iter_batches(batch_size=ROW_BATCH, columns=columns):
             n = batch.num_rows if limit is None else min(batch.num_rows, limit - seen)
             if n <= 0:
@@ -145,13 +146,18 @@ def read_rows(files: list[Path], *, family: str, dataset: str, zoom: int, mel_in
             metadata = Metadata(lat=batch.column("latitude").to_numpy(), lon=batch.column("longitude").to_numpy(),
                                 month=month, hour=hour, audio_source=sources, caption_source=captions)
             pixels = torch.stack([_image_pixels(cell, zoom, tile_px) for cell in images])
-            yield _Rows(pixels=pixels, mel=torch.from_numpy(np.ascontiguousarray(mel)), metadata=metadata)
+            texts = batch.column("audio_caption").to_pylist() if "audio_caption" in columns else [""] * n
+            yield _Rows(pixels=pixels, mel=torch.from_numpy(np.ascontiguousarray(mel)), metadata=metadata,
+                        captions=[t or "" for t in texts])
             seen += n
 
 
 def evaluate_sat2sound(model: Any, repo_id: str, *, split: str = "test", zoom: int = 1, mel_index: int = 0,
-                       limit: int | None = None) -> Any:
-    """Embed every row of the split and compute both retrieval directions → :class:`EvalReport`."""
+                       limit: int | None = None, add_text: bool = False) -> Any:
+    """Embed every row of the split and compute both retrieval directions → :class:`EvalReport`.
+
+    ``add_text`` is the authors' ``addtextto_audio`` setting: the audio side of every pair becomes
+    ``l2n(l2n(audio) + l2n(audio caption))`` (:meth:`Embedding.combine`), as query and as gallery."""
     from ..models.embedding import Embedding
     from .evaluate import EvalOptions, EvalReport
     from .metrics import retrieval_metrics
@@ -166,11 +172,13 @@ def evaluate_sat2sound(model: Any, repo_id: str, *, split: str = "test", zoom: i
                                    limit=limit), desc=f"evaluating on {repo_id}", unit="batch"):
         res = torch.full((rows.pixels.shape[0],), float(zoom) * model.config.gsd)
         images.append(model.fuse(model.features_from_pixels(rows.pixels, res), rows.metadata))
-        audios.append(model.encode_audio(input_features=rows.mel))
+        audio = model.encode_audio(input_features=rows.mel)
+        audios.append(Embedding.combine(audio, model.encode_text(rows.captions)) if add_text else audio)
     image, audio = Embedding.cat(images), Embedding.cat(audios)
     scores = image.mu @ audio.mu.T
     report = EvalReport(i2a=retrieval_metrics(scores), a2i=retrieval_metrics(scores.T),
-                        options=EvalOptions(zoom=zoom, mel_index=mel_index, limit=limit), model=str(model.name),
+                        options=EvalOptions(zoom=zoom, mel_index=mel_index, limit=limit, add_text=add_text),
+                        model=str(model.name),
                         metadata_used=tuple(model.metadata_components),
                         extra={"score": "cosine", "dataset": repo_id, "split": split})
     report.extra["psm_published"] = PSM_PUBLISHED.get((dataset, family))

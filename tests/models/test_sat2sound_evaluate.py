@@ -18,12 +18,13 @@ import soundmap as sm
 from soundmap.cli.main import run
 from soundmap.train.metrics import retrieval_metrics
 from tests.fixtures.hf_server import hf_server  # noqa: F401  (fixture)
-from tests.fixtures.sat2sound import build_tiny_sat2sound
+from tests.fixtures.sat2sound import build_tiny_sat2sound, save_tiny_t5
 
 ROWS = 12
 DATES = ["2021-05-03 13:20:00", "2019-12-24", "not a date", "2020-07-01 06:00:00"] * 3
 SOURCES = ["yfcc", "iNat", "aporee", "freesound"] * 3
 CAPTION_SOURCES = ["meta", "qwen", "pengi"] * 4
+CAPTIONS = ["birds singing", "traffic noise", "waves on a beach", "rain", "wind", "the city"] * 2
 
 
 def _split_bytes(seed: int) -> tuple[bytes, np.ndarray, np.ndarray]:
@@ -41,18 +42,19 @@ def _split_bytes(seed: int) -> tuple[bytes, np.ndarray, np.ndarray]:
         "latitude": np.linspace(-30, 60, ROWS), "longitude": np.linspace(-120, 150, ROWS), "date": DATES,
         "sentinel_image": pa.array(encoded, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
         "mel_features": pa.array(mel.tolist(), mel_type),
-        "audio_caption": ["birds"] * ROWS, "audio_caption_source": CAPTION_SOURCES,
+        "audio_caption": CAPTIONS, "audio_caption_source": CAPTION_SOURCES,
     })
     sink = io.BytesIO()
     pq.write_table(table, sink, row_group_size=5)
     return sink.getvalue(), images, mel
 
 
-def test_evaluate_on_the_geosound_layout(hf_server, capsys) -> None:
+def test_evaluate_on_the_geosound_layout(hf_server, capsys, tmp_path, monkeypatch) -> None:
     from soundmap.paths import model_dir
 
     model = build_tiny_sat2sound()
     model.save(model_dir() / "s2s")
+    monkeypatch.setenv("SOUNDMAP_T5_DIR", str(save_tiny_t5(tmp_path / "t5")))
     test_bytes, images, mel = _split_bytes(0)
     hf_server.add_file("MVRL/GeoSound", "data/test-00000-of-00001.parquet", test_bytes, repo_type="dataset")
     hf_server.add_file("MVRL/GeoSound", "data/train-00000-of-00001.parquet", b"not needed", repo_type="dataset")
@@ -78,3 +80,11 @@ def test_evaluate_on_the_geosound_layout(hf_server, capsys) -> None:
     assert run(["evaluate", "--model", "s2s", "--hf-dataset", "MVRL/GeoSound", "--quiet"]) == 0
     table = capsys.readouterr().out
     assert "image->audio" in table and "PSM published" in table and "0.872" in table and "0.940" in table
+    # "text added" (the authors' addtextto_audio): the audio side is l2n(l2n(audio) + l2n(caption))
+    assert run(["evaluate", "--model", "s2s", "--hf-dataset", "MVRL/GeoSound", "--add-text", "--json", "-",
+                "--quiet"]) == 0
+    with_text = json.loads(capsys.readouterr().out)
+    audio_text = sm.Embedding.combine(audio, loaded.encode_text(CAPTIONS))
+    expected = retrieval_metrics(image.mu @ audio_text.mu.T)
+    assert with_text["add_text"] is True
+    assert with_text["image_to_audio"]["median_rank"] == pytest.approx(expected.median_rank)
