@@ -307,8 +307,8 @@ class Sat2SoundModel(nn.Module):
             if width != self.config.text_dim:
                 raise ModelError(f"the text encoder is {width} wide but this model needs {self.config.text_dim} "
                                  f"({self.config.t5_repo}); give a matching T5 encoder")
-            self._text.update(tokenizer=tokenizer, encoder=encoder.to(self.device))
-        return self._text["tokenizer"], self._text["encoder"]
+            self._text.update(tokenizer=tokenizer, encoder=encoder)
+        return self._text["tokenizer"], self._text["encoder"].to(self.device)  # follows model.to(...)
 
     def encode_text(self, texts: str | Sequence[str] | None = None, *, input_ids: torch.Tensor | None = None,
                     attention_mask: torch.Tensor | None = None, batch_size: int = 32) -> Embedding:
