@@ -53,6 +53,7 @@ UncertaintyOpt = Annotated[bool, typer.Option("--uncertainty", help="Per-cell un
 PngOpt = Annotated[bool, typer.Option("--png", help="Quick-look PNG with colour bar, title and attribution.")]
 GifOpt = Annotated[bool, typer.Option("--gif", help="Animated GIF of a series (several hours or months).")]
 StoreUrlOpt = Annotated[Optional[str], typer.Option("--store-url", help="Read the embeddings from under this fsspec URL (default: $SOUNDMAP_STORE_URL, else the one recorded by `soundmap embed --store-url`, else the workspace).", show_default=False)]
+SubcellOpt = Annotated[bool, typer.Option("--subcell", help="Also write <out>_subcell.tif: each cell's 14×14 image tokens scored (Sat2Sound models with metadata), on a 14× finer grid aligned with the cells.")]
 FusedCacheOpt = Annotated[bool, typer.Option("--fused-cache/--no-fused-cache", help="Keep fused embeddings in the workspace for later queries.")]
 
 
@@ -91,7 +92,7 @@ def query_command(
     gif: GifOpt = False, zoom: ZoomOpt = None, model: ModelOpt = None, bbox: BBoxOpt = None,
     fused_cache: FusedCacheOpt = True, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto", quiet: QuietOpt = False, scheduler: SchedulerOpt = None,
-    resources: ResourcesOpt = None, store_url: StoreUrlOpt = None,
+    resources: ResourcesOpt = None, store_url: StoreUrlOpt = None, subcell: SubcellOpt = False,
 ) -> None:
     from ..distributed.cluster import resolve_scheduler
     from ..query.workflow import query_workspace
@@ -112,6 +113,11 @@ def query_command(
         result = query_on_cluster(cluster, workspace, options, model=model, device=device, cache_dir=cache_dir,
                                   fused_cache=fused_cache)
     _report(result)
+    if subcell:
+        from ..query.subcell import subcell_for_workspace
+
+        typer.echo(str(subcell_for_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir,
+                                             store_url=store_url)))
 
 
 def map_command(
@@ -124,7 +130,7 @@ def map_command(
     zoom: MapZoomOpt = None, model: MapModelOpt = None, source: SourceOpt = "s2cloudless-2020", stride: StrideOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Download the default model and large tile sets without asking.")] = False,
     tiles_config: TilesConfigOpt = None, fused_cache: FusedCacheOpt = True, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
-    device: DeviceOpt = "auto", quiet: QuietOpt = False,
+    device: DeviceOpt = "auto", quiet: QuietOpt = False, subcell: SubcellOpt = False,
 ) -> None:
     from ..query.workflow import map_region
 
@@ -135,6 +141,26 @@ def map_command(
                         confirm=_confirm, device=device, cache_dir=cache_dir, stride=stride, fused_cache=fused_cache,
                         tiles_config=tiles_config)
     _report(result)
+    if subcell:
+        typer.echo(str(_map_subcell(bbox, options, source=source, zoom=zoom, model=model, workspace=workspace,
+                                    stride=stride, tiles_config=tiles_config, device=device, cache_dir=cache_dir)))
+
+
+def _map_subcell(bbox: str, options, *, source: str, zoom: Optional[int], model: Optional[str],
+                 workspace: Optional[Path], stride: Optional[float], tiles_config: Optional[Path], device: str,
+                 cache_dir: Optional[Path]) -> Path:
+    """``map --subcell``: the sub-cell COG of the workspace the map just filled."""
+    from ..geo.bbox import parse_bbox
+    from ..query.subcell import subcell_for_workspace
+    from ..query.workflow import default_map_zoom, map_workspace_dir
+    from ..tiles.sources import resolve_source
+
+    if workspace is None:
+        box = parse_bbox(bbox)
+        tile_source = resolve_source(source, config_path=tiles_config)
+        level = int(zoom) if zoom is not None else default_map_zoom(box)
+        workspace = map_workspace_dir(box, tile_source, level, stride, cache_dir)
+    return subcell_for_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir)
 
 
 def _confirm(question: str) -> bool:

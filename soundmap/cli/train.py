@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import InputError
 from .common import CacheDirOpt, DeviceOpt, QuietOpt, apply_quiet
 
 data_app = typer.Typer(name="data", help="Prepare training data (spatial train/val/test split).",
@@ -95,7 +96,8 @@ def train_command(
 
 def evaluate_command(
     model: Annotated[str, typer.Option("--model", help="Installed model name or model directory.")],
-    data: Annotated[list[str], typer.Option("--data", help="Manifest or WebDataset shards to evaluate on.")],
+    data: Annotated[Optional[list[str]], typer.Option("--data", help="Manifest or WebDataset shards to evaluate on.", show_default=False)] = None,
+    hf_dataset: Annotated[Optional[str], typer.Option("--hf-dataset", help="Sat2Sound models: evaluate on the test split of this Hugging Face dataset (MVRL/GeoSound or MVRL/SoundingEarth), the authors' protocol.", show_default=False)] = None,
     split: Annotated[str, typer.Option("--split", help="Manifest rows to use: auto (test rows if there is a split column), all, train, val or test.")] = "auto",
     zoom: Annotated[int, typer.Option("--zoom", help="Zoom level of the images (1, 3 or 5).")] = 1,
     metadata: Annotated[str, typer.Option("--metadata", help="Metadata given to the model: all, none or a comma list of components.")] = "all",
@@ -115,6 +117,17 @@ def evaluate_command(
     from ..train.run import evaluate_installed
 
     apply_quiet(quiet)
+    if hf_dataset is not None:
+        report = _evaluate_hf(model, hf_dataset, zoom=check_zoom(zoom), mel_index=mel_index, limit=limit,
+                              add_text=add_text, device=device, cache_dir=cache_dir)
+        from ..train.sat2sound_eval import psm_line
+
+        typer.echo(report.to_json() if json_out == "-" else report.table() + "\n" + psm_line(report))
+        if json_out and json_out != "-":
+            write_text_atomic(json_out, report.to_json() + "\n")
+        return
+    if not data:
+        raise InputError("give --data MANIFEST (or, for a Sat2Sound model, --hf-dataset MVRL/GeoSound)")
     options = EvalOptions(zoom=check_zoom(zoom), metadata=_components(metadata), add_text=add_text, k=k,
                           batch_size=batch_size, mel_index=mel_index, limit=limit)
     report = evaluate_installed(model, data, options, split=None if split == "all" else split, tiles=tiles,
@@ -126,6 +139,21 @@ def evaluate_command(
     typer.echo(report.table())
     if json_out:
         write_text_atomic(json_out, report.to_json() + "\n")
+
+
+def _evaluate_hf(model: str, repo_id: str, *, zoom: int, mel_index: int, limit: Optional[int], add_text: bool,
+                 device: str, cache_dir: Optional[str]):
+    """The Sat2Sound protocol on a Hugging Face dataset; the report's table gets PSM's figures."""
+    from ..models.soundscape import load_model
+    from ..paths import model_dir
+    from ..train.sat2sound_eval import evaluate_sat2sound
+
+    installed = model_dir(cache_dir) / model
+    loaded = load_model(installed if (installed / "config.json").is_file() else model, device=device,
+                        cache_dir=cache_dir)
+    if getattr(loaded, "variant", None) != "sat2sound":
+        raise InputError("--hf-dataset evaluates Sat2Sound models; give PSM/GeoCLAP models --data")
+    return evaluate_sat2sound(loaded, repo_id, zoom=zoom, mel_index=mel_index, limit=limit, add_text=add_text)
 
 
 @data_app.command("split")

@@ -359,7 +359,17 @@ def import_checkpoint(path: str | os.PathLike, name: str, *, unsafe_pickle: bool
 
     validate_model_name(name)
     checkpoint = read_lightning_checkpoint(path, unsafe_pickle=unsafe_pickle)
-    model = convert_checkpoint(checkpoint, name=name)
+    model = _convert_any(checkpoint, name)
     if provenance:
         model.config = model.config.with_updates(source={**model.config.source, **provenance})
     return save_model_atomically(model, model_dir(cache_dir) / name)
+
+
+def _convert_any(checkpoint: dict[str, Any], name: str) -> Any:
+    """PSM/GeoCLAP or Sat2Sound, recognised from the checkpoint itself."""
+    from soundmap.models.sat2sound.checkpoint import convert_checkpoint as convert_sat2sound
+    from soundmap.models.sat2sound.checkpoint import is_sat2sound_checkpoint
+
+    if is_sat2sound_checkpoint(checkpoint):
+        return convert_sat2sound(checkpoint, name=name)
+    return convert_checkpoint(checkpoint, name=name)

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from soundmap.errors import ConfigError, ModelError, SoundmapError
-from soundmap.models.config import METADATA_COMPONENTS, ModelConfig
+from soundmap.models.config import METADATA_COMPONENTS, ModelConfig, normalize_components
 from soundmap.models.soundscape import CONFIG_FILE, WEIGHTS_FILE, read_config
 from soundmap.progress import info
 
@@ -91,6 +91,8 @@ def _source(name: str, raw: dict[str, Any], folder_id: str) -> dict[str, Any]:
 def _entry(name: str, raw: dict[str, Any], folder_id: str = "", licence: str = "") -> RegistryEntry:
     try:
         metadata = METADATA_COMPONENTS if raw.get("metadata") == "all" else ()
+        if isinstance(raw.get("metadata"), list):  # an explicit subset (Sat2Sound SoundingEarth)
+            metadata = normalize_components(raw["metadata"])
         return RegistryEntry(name=name, variant=raw["variant"], family=raw["family"], metadata=metadata,
                              dataset=raw["dataset"], experiment=raw["experiment"],
                              folder_path=raw.get("folder_path", ""), url=raw.get("url"),
@@ -257,7 +259,7 @@ def pull_model(name: str | None = None, *, url: str | None = None, cache_dir: st
         raise ModelError(f"no download source is recorded for {name}; {manual_route(entry, registry)}")
     path = _fetch_and_import(entry, registry, fetch, cache_root(cache_dir) / "downloads", cache_dir=cache_dir,
                              trusted=url is None, unsafe_pickle=unsafe_pickle, keep=keep_download, cookies=cookies)
-    if fetch_clap:
+    if fetch_clap and entry.variant in CLAP_VARIANTS:
         _ensure_clap_files(name)
     return path
 
@@ -289,7 +291,8 @@ def _fetch_and_import(entry: RegistryEntry, registry: Registry, fetch: Callable[
         if entry.url or entry.source.get("kind") == "url":
             provenance["url"] = entry.source.get("url") or entry.url
         if entry.variant:
-            provenance.update({"registry_name": entry.name, "dataset": entry.dataset, "experiment": entry.experiment})
+            provenance.update({"registry_name": entry.name, "dataset": entry.dataset, "experiment": entry.experiment,
+                               "licence": entry.licence})
         path = import_checkpoint(fetched.path, entry.name, unsafe_pickle=unsafe_pickle, cache_dir=cache_dir,
                                  provenance=provenance)
         if entry.variant:
@@ -323,6 +326,11 @@ def _check_trust(entry: RegistryEntry, lock: dict[str, Any] | None, fetched: Any
         problem = lockfile.mismatch(entry.name, lock, size=fetched.size, sha256=sha256, cache_dir=cache_dir)
         if problem:
             raise ModelError(problem)
+
+
+#: The families whose text and audio branches are CLAP's (Sat2Sound brings FlanT5 and HTS-AT instead,
+#: and a bare ``--url`` pull of unknown variant gets them too, since it is most likely PSM/GeoCLAP).
+CLAP_VARIANTS = ("psm", "geoclap", "")
 
 
 def _ensure_clap_files(name: str) -> None:

@@ -383,14 +383,21 @@ def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, str]:
     except (OSError, json.JSONDecodeError) as err:
         raise ModelError(f"cannot read {path} ({err}); re-import the model") from None
     sha = str(payload.pop("weights_sha256", ""))
+    if payload.get("variant") == "sat2sound":  # the third family has its own config class
+        from soundmap.models.sat2sound.configuration import Sat2SoundConfig
+
+        return Sat2SoundConfig.from_dict(payload), sha  # type: ignore[return-value]
     return ModelConfig.from_dict(payload), sha
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = "auto", *,
                clap_files: str | os.PathLike | None = None, verify_hash: bool = False,
-               cache_dir: str | os.PathLike | None = None) -> SoundscapeModel:
+               cache_dir: str | os.PathLike | None = None,
+               text_encoder: str | os.PathLike | None = None) -> SoundscapeModel:
     """Load an installed model by name (``<model_dir>/<name>``) or from a directory holding
-    ``config.json`` + ``model.safetensors``. ``verify_hash`` re-hashes the weights file."""
+    ``config.json`` + ``model.safetensors``. ``verify_hash`` re-hashes the weights file.
+    Sat2Sound models are recognised by their config and built by their own family
+    (``text_encoder``: a local save_pretrained T5 encoder directory, Sat2Sound only)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -406,6 +413,14 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as err:
         raise ModelError(f"cannot read {weights} ({err}); re-import the model") from None
+    if config.variant == "sat2sound":  # the third family: its own class and text-encoder lookup
+        from soundmap.models.sat2sound.modeling import Sat2SoundModel
+
+        sat2sound = Sat2SoundModel.from_state_dict(config, state, name=config.name or directory.name,
+                                                   weights_sha256=sha)
+        sat2sound.text_encoder_dir = Path(text_encoder) if text_encoder else None
+        sat2sound.cache_dir = Path(cache_dir) if cache_dir else None
+        return sat2sound.to(target).eval()
     model = SoundscapeModel.from_state_dict(config, state, name=config.name or directory.name, weights_sha256=sha)
     model.clap_files = Path(clap_files) if clap_files else _clap_files_under(cache_dir)
     return model.to(target).eval()

@@ -135,14 +135,19 @@ class ViTBackbone(nn.Module):
             table.append(self._pos_cache[key])
         return torch.stack(table)[inverse.to(device)]
 
-    def forward(self, pixels: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
-        """``pixels`` N × 3 × H × W (normalised), ``res`` N metres/pixel (= zoom × gsd)."""
+    def tokens(self, pixels: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
+        """Patch tokens after the blocks (N × g² × D), before any pooling or norm (Sat2Sound
+        uses them as they are)."""
         x = self.patch_embed(pixels)
         grid = pixels.shape[-1] // self.config.patch_size
         x = x + self.positional_embedding(res, grid, x.device).to(x.dtype)
         for block in self.blocks:
             x = block(x)
-        return self.fc_norm(x.mean(dim=1))
+        return x
+
+    def forward(self, pixels: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
+        """``pixels`` N × 3 × H × W (normalised), ``res`` N metres/pixel (= zoom × gsd)."""
+        return self.fc_norm(self.tokens(pixels, res).mean(dim=1))
 
 
 class ImageEncoder(nn.Module):

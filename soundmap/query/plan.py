@@ -319,7 +319,8 @@ def check_outputs(outputs: OutputPlan, *, queries: int, settings: int, probabili
     if outputs.gif and settings < 2:
         raise InputError("--gif animates a series: give several hours or months, e.g. --hour 0-23")
     if outputs.uncertainty and not probabilistic:
-        raise InputError("--uncertainty needs a probabilistic (PSM) model; this model is deterministic (GeoCLAP)")
+        raise InputError("--uncertainty needs a probabilistic (PSM) model; this model is deterministic "
+                         "(GeoCLAP or Sat2Sound): drop --uncertainty or use a psm-* model")
     if outputs.out.suffix.lower() not in (".tif", ".tiff"):
         raise InputError(f"--out must be a GeoTIFF path ending in .tif, got {str(outputs.out)!r}")
 

@@ -54,6 +54,17 @@ CHUNK_CELLS = 32
 FEATURES = "features"
 STATE = "state"
 STORAGE_DTYPES: tuple[str, ...] = ("float16", "float32")
+#: Largest feature chunk (bytes) a store is created with: wide features (Sat2Sound keeps 196 × 1024
+#: tokens per cell, ~400 KB) get fewer cells per chunk so one block stays this small in memory.
+MAX_CHUNK_BYTES = 64 * 2 ** 20
+
+
+def capped_chunk_cells(chunk_cells: int, feature_dim: int, dtype: str) -> int:
+    """``chunk_cells``, halved until a chunk of ``feature_dim``-wide cells fits :data:`MAX_CHUNK_BYTES`."""
+    cell_bytes = int(feature_dim) * np.dtype(dtype).itemsize
+    while chunk_cells > 1 and chunk_cells * chunk_cells * cell_bytes > MAX_CHUNK_BYTES:
+        chunk_cells //= 2
+    return chunk_cells
 
 
 class CellState(enum.IntEnum):
@@ -295,6 +306,7 @@ class EmbeddingStore:
         """
         if dtype not in STORAGE_DTYPES:
             raise ValueError(f"storage dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
+        chunk_cells = capped_chunk_cells(chunk_cells, feature_dim, dtype)
         if is_store_url(path):
             return cls._create_at_url(str(path), identity, rows=rows, cols=cols, feature_dim=feature_dim,
                                       dtype=dtype, chunk_cells=chunk_cells)

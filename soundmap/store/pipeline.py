@@ -218,7 +218,9 @@ def feature_dim(model: Any, grid: Any, zoom: int, device: Any) -> int:
     output), else found by encoding one blank cell (for models without that config)."""
     import torch
 
-    configured = getattr(getattr(model, "config", None), "fc_dim", None)
+    configured = getattr(model, "feature_dim", None)  # a family whose cached feature is not fc_dim wide (Sat2Sound)
+    if not isinstance(configured, int):
+        configured = getattr(getattr(model, "config", None), "fc_dim", None)
     if isinstance(configured, int) and configured > 0:
         return configured
     blank = torch.zeros((1, grid.tile_px, grid.tile_px, 3), dtype=torch.uint8)
