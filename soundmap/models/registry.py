@@ -206,7 +206,8 @@ def hf_alternatives(registry: Registry, entry: RegistryEntry | None = None) -> l
     """Registry models hosted on Hugging Face (offered when Drive refuses), same imagery family first."""
     hosted = [e for e in registry.entries.values() if e.source.get("kind") == "hf" and e is not entry]
     family = entry.family if entry is not None else None
-    return [e.name for e in sorted(hosted, key=lambda e: (e.family != family, e.name))]
+    metadata = bool(entry.metadata) if entry is not None else None
+    return [e.name for e in sorted(hosted, key=lambda e: (e.family != family, bool(e.metadata) != metadata, e.name))]
 
 
 def _offer_alternative(registry: Registry, entry: RegistryEntry) -> str:

@@ -14,7 +14,7 @@ from soundmap.cli.main import run
 from soundmap.errors import DownloadError, ModelError
 from soundmap.models import lockfile
 from soundmap.models.drive import list_tree, make_session
-from soundmap.models.registry import installed_models, pull_model
+from soundmap.models.registry import hf_alternatives, installed_models, load_registry, pull_model
 from soundmap.models.soundscape import load_model
 from soundmap.paths import cache_dir, model_dir
 from tests.fixtures.drive_server import PSM_FOLDER_ID, DriveServer, drive_server  # noqa: F401
@@ -230,23 +230,23 @@ def test_registry_sha256_wins_over_the_lock(psm_drive: DriveServer, psm_ckpt_byt
     assert code == 2 and "the registry says" in err
 
 
-def test_drive_refusal_offers_the_hugging_face_model(psm_drive: DriveServer, tmp_path: Path, monkeypatch,
-                                                     capsys) -> None:
-    registry = yaml.safe_load((Path(__file__).parents[2] / "soundmap/data/models.yaml").read_text())
-    registry["models"]["sat2sound-test"] = {
-        "variant": "sat2sound", "family": "sentinel", "metadata": "none", "dataset": "GeoSound",
-        "experiment": "x", "source": {"kind": "hf", "repo": "MVRL/sat2sound", "path": "model.ckpt"},
-        "licence": "MIT"}
-    path = tmp_path / "models.yaml"
-    path.write_text(yaml.safe_dump(registry))
-    monkeypatch.setenv("SOUNDMAP_REGISTRY", str(path))
+def test_drive_refusal_offers_the_hugging_face_model(psm_drive: DriveServer, capsys) -> None:
+    """The Sat2Sound entries of the packaged registry are the alternative: same imagery family and
+    metadata first."""
     psm_drive.quota.add(_file_id(psm_drive, PATH.split("/")[-1]))
     code, err = _cli(["models", "pull", NAME], capsys)
-    assert code == 2 and err.count("\n") == 1 and "--model sat2sound-test" in err
+    assert code == 2 and err.count("\n") == 1 and "--model sat2sound-sentinel-meta " in err
     assert run(["models", "list", "--available"]) == 0
     listing = capsys.readouterr().out
     assert f"Drive folder {PSM_FOLDER_ID}" in listing and "HF MVRL/sat2sound" in listing
     assert "never redistributed" in listing and "MIT" in listing
+
+
+def test_hf_alternative_matches_family_then_metadata() -> None:
+    registry = load_registry()
+    nometa = registry.get("psm-geosound-bing-nometa")
+    assert hf_alternatives(registry, nometa)[0] == "sat2sound-bing-nometa"
+    assert hf_alternatives(registry, registry.get("psm-geosound-sentinel-meta"))[0] == "sat2sound-sentinel-meta"
 
 
 def test_offline_makes_no_request_and_names_the_file(psm_drive: DriveServer, monkeypatch, capsys) -> None:
