@@ -83,6 +83,9 @@ def _report(result) -> None:
         info("fused embeddings reused from the workspace cache")
 
 
+PartialOpt = Annotated[bool, typer.Option("--partial", help="Map a store whose embedding is unfinished (its pending cells become nodata; the coverage is recorded in the output's tags).")]
+
+
 def query_command(
     out: OutOpt = Path("soundmap.tif"), text: TextOpt = None, audio: AudioOpt = None, combine: CombineOpt = False,
     month: MonthOpt = None, hour: HourOpt = None, audio_source: AudioSourceOpt = None,
@@ -91,7 +94,7 @@ def query_command(
     gif: GifOpt = False, zoom: ZoomOpt = None, model: ModelOpt = None, bbox: BBoxOpt = None,
     fused_cache: FusedCacheOpt = True, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto", quiet: QuietOpt = False, scheduler: SchedulerOpt = None,
-    resources: ResourcesOpt = None, store_url: StoreUrlOpt = None,
+    resources: ResourcesOpt = None, store_url: StoreUrlOpt = None, partial: PartialOpt = False,
 ) -> None:
     from ..distributed.cluster import resolve_scheduler
     from ..query.workflow import query_workspace
@@ -102,7 +105,7 @@ def query_command(
                        normalize, rgb, uncertainty, png, gif, zoom, bbox)
     if cluster is None:
         result = query_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir,
-                                 fused_cache=fused_cache, store_url=store_url)
+                                 fused_cache=fused_cache, store_url=store_url, partial=partial)
     elif store_url is not None:
         raise InputError("--store-url is not supported with --scheduler; record it with "
                          "`soundmap embed --store-url` or set SOUNDMAP_STORE_URL instead")

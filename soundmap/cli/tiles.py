@@ -34,6 +34,7 @@ FamilyOpt = Annotated[Optional[str], typer.Option("--family", help="Model family
 ZoomOpt = zoom_levels_option("the workspace's, else 1")
 CrsOpt = Annotated[Optional[str], typer.Option("--crs", help="Projected CRS of the grid, e.g. EPSG:32633 (default: equal-area LAEA centred on the region).", show_default=False)]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Only print how many tiles and bytes the fetch needs.")]
+ReplaceRegionOpt = Annotated[bool, typer.Option("--replace-region", help="Replace the workspace's recorded region, grid or imagery (deletes its embeddings and fused caches).")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before a large download.")]
 
 
@@ -48,7 +49,7 @@ def fetch_command(
     zoom: ZoomOpt = None, stride: StrideOpt = None, crs: CrsOpt = None, workers: DownloadWorkersOpt = 16,
     dry_run: DryRunOpt = False, yes: YesOpt = False, tiles_config: TilesConfigOpt = None,
     workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None, quiet: QuietOpt = False,
-    scheduler: SchedulerOpt = None,
+    scheduler: SchedulerOpt = None, replace_region: ReplaceRegionOpt = False,
 ) -> None:
     """Download the imagery a region needs into the tile cache and record the workspace.
 
@@ -65,7 +66,8 @@ def fetch_command(
     cluster = resolve_scheduler(scheduler)
     ws = workspace_for_fetch(workspace, bbox=bbox, aoi=str(aoi) if aoi else None, source=source, family=family,
                              zooms=parse_zooms(zoom) if zoom is not None else None, stride=stride, crs=crs,
-                             tiles_config=tiles_config)
+                             tiles_config=tiles_config, replace_region=replace_region,
+                             invalidate=not dry_run)
     src = ws.source()
     cache = ws.tile_cache(cache_dir)
     plans = [plan_zoom(ws, z) for z in ws.zooms]

@@ -254,6 +254,13 @@ def _tags(plan: QueryPlan, model: Any, attribution: str, zoom: int) -> dict[str,
     }
 
 
+def _coverage_tags(store: Any) -> dict[str, str]:
+    """How complete the map is (cells embedded, pending, without imagery), for its tags."""
+    from ..store.embeddings import coverage, coverage_tags
+
+    return coverage_tags(coverage(store)) if hasattr(store, "counts") else {}
+
+
 def _open_cache(plan_setting: MetadataSetting, *, cache_root: Path | None, model: Any, store: Any, zoom: int,
                 store_digest: str | None) -> FusedCache | None:
     if cache_root is None or store_digest is None:
@@ -282,7 +289,7 @@ def run_query(plan: QueryPlan, *, model: Any, store: Any, attribution: str = "",
     geometry = RasterGeometry.from_grid(grid, *window)
     query = query if query is not None else encode_queries(model, plan.queries)
     counter = FusionCounter()
-    tags = _tags(plan, model, attribution, zoom)
+    tags = {**_tags(plan, model, attribution, zoom), **_coverage_tags(store)}
     outputs = plan.outputs
     stream = _ScoreStream(plan=plan, model=model, store=store, query=query, window=window, geometry=geometry,
                           zoom=zoom, cache_root=cache_root, counter=counter, batch=batch, blocks=blocks or fused_blocks)

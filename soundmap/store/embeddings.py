@@ -586,6 +586,7 @@ def open_embedding_store(workspace: Any, zoom: int, model: Any = None, *,
         raise CacheError(f"no embeddings for zoom {zoom} in {Path(path).parent.parent}; run "
                          f"`soundmap embed --zoom {zoom}` first")
     store = EmbeddingStore.open(path)
+    _require_workspace_region(store, workspace, zoom)
     if model is not None:
         ident = store.identity
         if ident.weights_sha256 != model.weights_sha256 or ident.preprocess_version != model.preprocess_version:
@@ -593,3 +594,43 @@ def open_embedding_store(workspace: Any, zoom: int, model: Any = None, *,
                              f"({ident.weights_sha256[:12]}), not {model.name} ({model.weights_sha256[:12]}); "
                              "run `soundmap embed --overwrite` with that model or use its workspace")
     return store
+
+
+def _require_workspace_region(store: EmbeddingStore, workspace: Any, zoom: int) -> None:
+    """CacheError unless the store was embedded for the workspace's current grid and imagery: after
+    the region changed (``tiles fetch --replace-region``, or an older soundmap that allowed it
+    silently) a query must never paint the old region's map. Duck-typed on the workspace's
+    ``grids`` and ``source()`` so that this layer needs no import of the workspace module."""
+    grids = getattr(workspace, "grids", None)
+    if not isinstance(grids, Mapping) or zoom not in grids:
+        return
+    source = getattr(workspace, "source", None)
+    source_key = source().cache_key if callable(source) else store.identity.source_key
+    if _normalised(grids[zoom]) != _normalised(store.identity.grid) or source_key != store.identity.source_key:
+        raise CacheError(f"embeddings in {store.path} were made for another region, grid or imagery than the "
+                         f"workspace now records; run `soundmap embed --overwrite --zoom {zoom}` first")
+
+
+def coverage(store: EmbeddingStore) -> dict[str, int]:
+    """Cells of the store by state plus ``total``: how complete a map made from it can be."""
+    counts = store.counts()
+    return {**counts, "total": sum(counts.values())}
+
+
+def coverage_tags(counts: Mapping[str, int]) -> dict[str, str]:
+    """Output tags recording a map's coverage, so a partial map says so in its own file."""
+    inside = counts["total"] - counts["outside"]
+    return {"coverage": f"{counts['embedded']} of {inside} cells embedded "
+                        f"({counts['pending']} pending, {counts['no_imagery']} without imagery)",
+            "coverage_embedded": str(counts["embedded"]), "coverage_pending": str(counts["pending"])}
+
+
+def require_complete(store: EmbeddingStore, *, partial: bool) -> dict[str, int]:
+    """The store's :func:`coverage`; a one-line CacheError when cells are still PENDING (an embed
+    still running, or interrupted) unless ``partial`` accepts a map with those cells nodata."""
+    counts = coverage(store)
+    if counts["pending"] and not partial:
+        raise CacheError(f"{counts['pending']} of {counts['total'] - counts['outside']} cells in {store.path} are "
+                         "not embedded yet (an embed is running or was interrupted); finish `soundmap embed`, "
+                         "or pass --partial to map them as nodata")
+    return counts

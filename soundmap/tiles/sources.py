@@ -122,6 +122,7 @@ class TileSource:
         values = {k: v for k, v in data.items() if k in known}
         values["headers"] = dict(values.get("headers") or {})
         values["subdomains"] = tuple(values.get("subdomains") or ())
+        values["redirect_hosts"] = tuple(values.get("redirect_hosts") or ())
         return cls(**values)
 
 
