@@ -380,10 +380,14 @@ def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, str]:
     path = Path(directory) / CONFIG_FILE
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelError(f"cannot read {path} ({err}); re-import the model") from None
-    sha = str(payload.pop("weights_sha256", ""))
-    return ModelConfig.from_dict(payload), sha
+    try:
+        sha = str(payload.pop("weights_sha256", ""))
+        return ModelConfig.from_dict(payload), sha
+    except (AttributeError, KeyError, TypeError, ValueError) as err:  # a value of the wrong type
+        raise ModelError(f"{path} has a field of the wrong type or shape ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); re-import the model") from None
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = "auto", *,
@@ -406,7 +410,14 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as err:
         raise ModelError(f"cannot read {weights} ({err}); re-import the model") from None
-    model = SoundscapeModel.from_state_dict(config, state, name=config.name or directory.name, weights_sha256=sha)
+    from .integrity import check_weights
+
+    check_weights(weights, sha, state)  # recorded SHA-256 and finite tensors, once per file change
+    try:
+        model = SoundscapeModel.from_state_dict(config, state, name=config.name or directory.name, weights_sha256=sha)
+    except (AttributeError, TypeError, ValueError) as err:  # a config.json value of the wrong type
+        raise ModelError(f"{directory / CONFIG_FILE} does not describe a buildable model ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); re-import the model") from None
     model.clap_files = Path(clap_files) if clap_files else _clap_files_under(cache_dir)
     return model.to(target).eval()
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..errors import InputError
 from ..geo.grid import window_for_bbox
 from ..progress import progress
 from ..raster.cog import PendingOutputs, RasterGeometry, ScratchRaster, block_windows, gdal_env, to_uint8
@@ -103,7 +104,22 @@ def encode_queries(model: Any, queries: Sequence[QuerySpec]) -> Any:
             rows.append(Embedding.combine(audio_row, text_row))
         else:
             rows.append(text_row if text_row is not None else audio_row)
-    return Embedding.cat(rows)
+    embedding = Embedding.cat(rows)
+    _require_finite_queries(embedding, queries)
+    return embedding
+
+
+def _require_finite_queries(embedding: Any, queries: Sequence[QuerySpec]) -> None:
+    """A query embedding with NaN/Inf scores every cell NaN: an all-nodata map with exit 0. Refuse."""
+    import torch
+
+    finite = torch.isfinite(embedding.mu).reshape(embedding.mu.shape[0], -1).all(dim=1)
+    if embedding.logvar is not None:
+        finite &= torch.isfinite(embedding.logvar).reshape(embedding.logvar.shape[0], -1).all(dim=1)
+    bad = [q.label for q, ok in zip(queries, finite.tolist()) if not ok]
+    if bad:
+        raise InputError(f"query {bad[0]!r} has a non-finite embedding (NaN/Inf); check the audio file "
+                         "or re-install the model (`soundmap doctor` checks it)")
 
 
 # ----------------------------------------------------------------------------- fusion
