@@ -81,6 +81,9 @@ def pull_command(
     apply_quiet(quiet)
     if name is None and url is None:
         raise InputError("give a model NAME or --url URL")
+    if url is not None and urlparse(url).scheme not in ("http", "https"):
+        raise InputError(f"--url must be an http:// or https:// link (got {url!r}); for a local checkpoint "
+                         "run `soundmap models import FILE --name NAME`")
     if name is None:
         stem = Path(urlparse(url).path).stem or "model"
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"
@@ -130,6 +133,7 @@ def info_command(
     typer.echo(f"metadata:    {', '.join(config.metadata) or 'none (image only)'}")
     typer.echo(f"family:      {config.family} (gsd {config.gsd} m; fits {FAMILY_SOURCES.get(config.family, '?')})")
     typer.echo(f"weights:     {_size(model.size_bytes)}, sha256 {model.weights_sha256 or '?'}")
+    typer.echo(f"provenance:  {_provenance(model.name, config.source)}")
     typer.echo("config:      " + json.dumps(config.to_dict(), sort_keys=True))
 
 
@@ -154,3 +158,21 @@ def clap_files_command(
     from ..preprocess.text import download_clap_files
 
     typer.echo(str(download_clap_files(dest)))
+
+
+def _provenance(name: str, source: dict) -> str:
+    """Where an installed model came from, and whether the registry vouches for it: a released
+    name installed from an arbitrary --url is said to be unverified, never passed off as official."""
+    from ..models.registry import load_registry
+
+    url = source.get("url")
+    where = f"downloaded from {url}" if url else "imported from a local checkpoint"
+    checksum = source.get("checkpoint_sha256")
+    where += f" (checkpoint sha256 {checksum})" if checksum else ""
+    entry = load_registry().entries.get(name)
+    if entry is None:
+        return where
+    if entry.sha256 and checksum == entry.sha256:
+        return where + "; verified: the registry's checkpoint for this name"
+    return (where + "; UNVERIFIED: not the registry's checkpoint for this released name (the registry "
+            + ("records another checksum)" if entry.sha256 else "records no checksum to compare)"))
