@@ -19,6 +19,7 @@ from .common import (BBoxOpt, CacheDirOpt, DownloadWorkersOpt, QuietOpt, SourceO
                      WorkspaceOpt, apply_quiet, zoom_levels_option)
 
 if TYPE_CHECKING:
+    from ..tiles.sources import TileSource
     from ..workspace import Workspace, WorkspaceFetch
 
 tiles_app = typer.Typer(name="tiles", help="Fetch and inspect the satellite imagery tiles of a region.",
@@ -69,6 +70,7 @@ def fetch_command(
                              tiles_config=tiles_config, replace_region=replace_region,
                              invalidate=not dry_run)
     src = ws.source()
+    yes = _guard_plan(ws, src, yes=yes or dry_run) or yes
     cache = ws.tile_cache(cache_dir)
     plans = [plan_zoom(ws, z) for z in ws.zooms]
     estimate = estimate_download(src, plans, cache)
@@ -101,9 +103,22 @@ def fetch_command(
     info(f"workspace {ws.path} ready ({ws.describe()})")
 
 
-def _confirm_large(n_tiles: int, n_bytes: int) -> None:
+def _guard_plan(ws: "Workspace", src: "TileSource", *, yes: bool) -> bool:
+    """Refuse (or ask about) a plan from its cheap estimate, before the tiles are listed: a grid
+    over the cell budget, or more tiles than a download asks confirmation for. True when the
+    user was asked and said yes (so the exact plan does not ask again)."""
+    from ..geo.planguard import check_plan
+
+    estimate = check_plan([ws.grid(z) for z in ws.zooms], src, yes=yes)
+    if estimate.tiles > CONFIRM_ABOVE_TILES and not yes:
+        _confirm_large(estimate.tiles, estimate.tiles * src.bytes_per_tile, approximate=True)
+        return True
+    return False
+
+
+def _confirm_large(n_tiles: int, n_bytes: int, approximate: bool = False) -> None:
     """Ask before a large download; non-interactive runs must say --yes."""
-    what = f"this downloads {n_tiles} tiles (≈{_human_bytes(n_bytes)})"
+    what = f"this downloads {'about ' if approximate else ''}{n_tiles} tiles (≈{_human_bytes(n_bytes)})"
     if not sys.stdin.isatty():
         raise InputError(f"{what}; re-run with --yes to confirm (or --dry-run to see the plan)")
     if not typer.confirm(f"{what}. Continue?", default=False, err=True):
