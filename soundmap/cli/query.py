@@ -104,8 +104,12 @@ def query_command(
     options = _options(out, text, audio, combine, month, hour, audio_source, caption_source, latlon, score,
                        normalize, rgb, uncertainty, png, gif, zoom, bbox)
     if cluster is None:
-        result = query_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir,
-                                 fused_cache=fused_cache, store_url=store_url, partial=partial)
+        from ..scratch import terminate_as_exception
+
+        with terminate_as_exception(f"terminated (SIGTERM); the scratch files beside {out} were removed and "
+                                    "no output was written"):
+            result = query_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir,
+                                     fused_cache=fused_cache, store_url=store_url, partial=partial)
     elif store_url is not None:
         raise InputError("--store-url is not supported with --scheduler; record it with "
                          "`soundmap embed --store-url` or set SOUNDMAP_STORE_URL instead")

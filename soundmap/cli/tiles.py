@@ -70,6 +70,10 @@ def fetch_command(
                              tiles_config=tiles_config, replace_region=replace_region,
                              invalidate=not dry_run)
     src = ws.source()
+    if not src.is_remote:
+        from ..tiles.render import check_raster_source
+
+        check_raster_source(src)
     yes = _guard_plan(ws, src, yes=yes or dry_run) or yes
     cache = ws.tile_cache(cache_dir)
     plans = [plan_zoom(ws, z) for z in ws.zooms]

@@ -28,6 +28,7 @@ from .. import __version__
 from ..errors import InputError
 from ..geo.grid import window_for_bbox
 from ..progress import progress
+from ..scratch import scratch_prefix, sweep_stale
 from ..raster.cog import PendingOutputs, RasterGeometry, ScratchRaster, block_windows, gdal_env, to_uint8
 from ..raster.preview import Panel, read_decimated, write_gif, write_png
 from .fused_cache import FusedCache, fused_cache_key, store_fingerprint
@@ -310,7 +311,8 @@ def run_query(plan: QueryPlan, *, model: Any, store: Any, attribution: str = "",
     stream = _ScoreStream(plan=plan, model=model, store=store, query=query, window=window, geometry=geometry,
                           zoom=zoom, cache_root=cache_root, counter=counter, batch=batch, blocks=blocks or fused_blocks)
     outputs.out.parent.mkdir(parents=True, exist_ok=True)
-    with gdal_env(), tempfile.TemporaryDirectory(prefix=".soundmap-query-", dir=outputs.out.parent) as tmpdir, \
+    sweep_stale(outputs.out.parent)  # what a killed query left beside --out
+    with gdal_env(), tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=outputs.out.parent) as tmpdir, \
             PendingOutputs() as pending:
         scratch_dir = Path(tmpdir)
         raw_path, sigma_path, ranges = stream.run(scratch_dir, tags)

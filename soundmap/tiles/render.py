@@ -243,6 +243,12 @@ def _render_from_tiles(grid: Grid, r: np.ndarray, c: np.ndarray, source: Any, ca
 # -- local rasters --------------------------------------------------------------------------------
 
 
+def check_raster_source(source: Any) -> None:
+    """TileError (one line) unless a ``kind: file`` source opens as a usable raster: checked when
+    the workspace is fetched, so a wrong file is named then, not hours later by embed."""
+    _open_raster(str(source.url)).close()
+
+
 def _open_raster(path: str) -> Any:
     """Open a ``kind: file`` raster, with one-line errors for what users can fix."""
     import rasterio

@@ -34,3 +34,16 @@ def test_redirect_hosts_must_be_a_list(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"sources": {"s": {**SOURCE, "redirect_hosts": "cdn.example.org"}}}))
     with pytest.raises(ConfigError, match="redirect_hosts must be a list"):
         load_config(path)
+
+
+def test_a_file_source_that_is_not_a_raster_is_named_at_fetch(tmp_path: Path, capsys) -> None:
+    from soundmap.cli.main import run
+
+    bogus = tmp_path / "scene.tif"
+    bogus.write_text("this is a text file, not a GeoTIFF\n")
+    config = tmp_path / "tiles.yaml"
+    config.write_text(yaml.safe_dump({"sources": {"scene": {**SOURCE, "kind": "file", "url": str(bogus)}}}))
+    code = run(["tiles", "fetch", "--bbox", "10,50,10.1,50.05", "--source", "scene", "--tiles-config", str(config),
+                "--workspace", str(tmp_path / "ws"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and f"raster {bogus} cannot be read" in err and len(err.splitlines()) == 1
