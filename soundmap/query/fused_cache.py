@@ -145,3 +145,31 @@ class FusedCache:
     def size_bytes(self) -> int:
         """Disk space used by this entry."""
         return sum(path.stat().st_size for path in self.directory.rglob("*") if path.is_file())
+
+
+def damaged_blocks(entry: Path) -> list[Path]:
+    """The ``done`` markers of a cache entry whose block fails to read back (checksum, truncation,
+    missing array) or holds non-finite means under valid cells: what ``soundmap doctor`` reports,
+    and deletes with ``--repair`` (the next query recomputes those blocks)."""
+    import zarr
+
+    markers = sorted((Path(entry) / "done").glob("*_*_*_*"))
+    if not markers:
+        return []
+    try:
+        arrays = {name: zarr.open_array(store=str(Path(entry) / f"{name}.zarr"), mode="r")
+                  for name in ("mu", "valid")}
+    except Exception:  # the entry's arrays are unreadable: every block is damaged
+        return markers
+    damaged = []
+    for marker in markers:
+        r0, c0, r1, c1 = (int(v) for v in marker.name.split("_"))
+        try:
+            mu = np.asarray(arrays["mu"][r0:r1, c0:c1])
+            valid = np.asarray(arrays["valid"][r0:r1, c0:c1]).astype(bool)
+            ok = bool(np.isfinite(mu[valid]).all())
+        except Exception:
+            ok = False
+        if not ok:
+            damaged.append(marker)
+    return damaged

@@ -398,8 +398,10 @@ class EmbeddingStore:
         return f"{str(self.path).rstrip('/')}/{key}"
 
     def _damaged(self, array: str, rows: slice, cols: slice, why: str) -> StoreDamagedError:
-        return StoreDamagedError(f"embedding store chunk {self.chunk_file(array, rows, cols)} is damaged ({why}); "
-                                 "run `soundmap embed --repair` to re-embed only the damaged chunks")
+        err = StoreDamagedError(f"embedding store chunk {self.chunk_file(array, rows, cols)} is damaged ({why}); "
+                                "run `soundmap embed --repair` to re-embed only the damaged chunks")
+        err.array, err.why = array, why
+        return err
 
     def read_states(self, rows: slice, cols: slice) -> np.ndarray:
         """The states of a chunk-aligned region (a block or a band of chunk rows), checksum-verified:
@@ -511,8 +513,8 @@ def find_damaged_blocks(store: EmbeddingStore) -> list[DamagedBlock]:
         try:
             store.read_block(rows, cols)
         except StoreDamagedError as err:
-            name = STATE if "/state/" in str(err) else FEATURES
-            damaged.append(DamagedBlock(rows, cols, store.chunk_file(name, rows, cols), str(err)))
+            name = getattr(err, "array", FEATURES)
+            damaged.append(DamagedBlock(rows, cols, store.chunk_file(name, rows, cols), getattr(err, "why", str(err))))
     return damaged
 
 
