@@ -56,12 +56,13 @@ def run_cli(args: list[str], env: dict[str, str]) -> tuple[float, float, float, 
 
 def main() -> None:
     args = parser("Time to first line and peak memory of refused regions and hostile servers").parse_args()
-    from tests.fixtures.hostileserver import HostileServer
+    from tests.fixtures.hostileserver import HostileServer, bomb_png
     from tests.fixtures.tileserver import TileServer
 
     figures = Figures("faults: refusals from a cheap count, hostile servers cut off")
     with tempfile.TemporaryDirectory() as tmp, TileServer() as good, HostileServer() as bad:
         bad.max_stream_s = 600.0   # the client's deadline, not the server, must end the slow body
+        bomb_png()                 # made once before the clock runs (a real server sends stored bytes)
         env = {**os.environ, "SOUNDMAP_CACHE": f"{tmp}/cache", "XDG_CONFIG_HOME": f"{tmp}/xdg",
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         extra = {f"bad-{name}": {"kind": "xyz", "url": bad.template(name), "min_zoom": 0, "max_zoom": 14,
@@ -84,10 +85,10 @@ def main() -> None:
             print(f"# {name}: exit {code}: {last}")
             key = name.replace("-", "_")
             figures.add(f"first_line_s_{key}", round(first_s, 2), "< 5")
-            figures.add(f"done_after_s_{key}", round(total_s, 2), "< 70 (60 s deadline)")
+            figures.add(f"done_after_s_{key}", round(total_s, 2), "< 70")
             figures.add(f"peak_rss_mb_{key}", round(rss), "< 500")
         per_request = bad.bytes_sent["endless-fast"] / max(1, bad.hits["endless-fast"]) / 2**20
-        figures.add("endless_fast_mb_sent_per_request", round(per_request, 1), "< 16 (8 MiB cap + socket buffers)")
+        figures.add("endless_fast_mb_sent_per_request", round(per_request, 1), "< 16")
     figures.print()
 
 
