@@ -117,7 +117,7 @@ def query_command(
         from ..distributed.query import query_on_cluster
 
         result = query_on_cluster(cluster, workspace, options, model=model, device=device, cache_dir=cache_dir,
-                                  fused_cache=fused_cache)
+                                  fused_cache=fused_cache, partial=partial)
     _report(result)
 
 

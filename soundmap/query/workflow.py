@@ -168,6 +168,9 @@ def map_region(bbox: Any, options: QueryOptions, *, source: str = MAP_DEFAULT_SO
     ws_path = Path(workspace) if workspace is not None else map_workspace_dir(box, tile_source, zoom, stride, cache_dir)
     ws = _map_workspace(ws_path, box, tile_source, zoom, stride)
     info(f"workspace {ws.path} (query it again with `soundmap query --workspace {ws.path}`)")
+    from ..geo.planguard import check_plan
+
+    check_plan([ws.grid(zoom)], tile_source, yes=yes)  # from the grid's shape, before any tile is listed
     cache = ws.tile_cache(cache_dir)
     confirm_download(ws, cache, yes=yes, confirm=confirm)
     fetched = fetch_workspace(ws, cache)

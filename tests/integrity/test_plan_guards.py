@@ -59,3 +59,12 @@ def test_a_large_fetch_is_refused_before_planning(tile_server: TileServer, tmp_p
                 "--tiles-config", str(tiles_yaml), "--workspace", str(tmp_path / "usa")])
     err = capsys.readouterr().err
     assert code == 2 and "this downloads about" in err and "--yes" in err
+
+
+def test_map_with_a_tiny_stride_is_refused_before_any_tile(installed_models: str, tile_server: TileServer,
+                                                           tmp_path: Path, capsys) -> None:
+    code = run(["map", "--bbox", "10.0,50.0,10.2,50.1", "--text", "birds", "--out", str(tmp_path / "m.tif"),
+                "--stride", "1", "--source", tile_server.xyz_template, "--model", installed_models, "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "multiplies the cells by" in err and len(err.splitlines()) == 1
+    assert tile_server.requests == []
