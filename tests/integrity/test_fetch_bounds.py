@@ -10,7 +10,7 @@ import pytest
 from soundmap.tiles.cache import TileCache
 from soundmap.tiles.fetch import RetryPolicy, fetch_tiles
 from soundmap.tiles.sources import TileSource
-from tests.fixtures.hostileserver import HostileServer, hostile_server  # noqa: F401
+from tests.fixtures.hostileserver import HostileServer, bomb_png, hostile_server  # noqa: F401
 
 TILE = (14, 8647, 5560)
 #: Small caps so that the bounds are reached in a fraction of a second.
@@ -32,6 +32,7 @@ def _fetch(server: HostileServer, behaviour: str, tmp_path, **source_fields):
 ])
 def test_hostile_bodies_are_cut_off_reported_and_never_cached(hostile_server: HostileServer, tmp_path,
                                                               behaviour: str, reason: str) -> None:
+    bomb_png()   # built before the clock and the client's read timeout start (a real server stores it)
     started = time.monotonic()
     report, cached = _fetch(hostile_server, behaviour, tmp_path)
     assert cached == 0 and TILE in report.failed and reason in report.failed[TILE]
@@ -64,7 +65,7 @@ def test_retry_after_beyond_the_cap_defers_the_tile(hostile_server: HostileServe
 def test_retry_after_within_the_cap_is_waited_for_and_said(hostile_server: HostileServer, tmp_path,
                                                            capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SOUNDMAP_QUIET", raising=False)
+    monkeypatch.setattr("soundmap.progress._quiet", False)   # an earlier CLI test may have left --quiet on
     hostile_server.retry_after = "0.1"
     report, _ = _fetch(hostile_server, "retry-after", tmp_path)
     assert hostile_server.hits["retry-after"] == 2 and "HTTP 429" in report.failed[TILE]
