@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import email.utils
 import io
+import json
 import itertools
 import queue
 import random
@@ -250,10 +251,12 @@ def resolve_template(source: TileSource, session: requests.Session, api_key: str
         return source.url, source.subdomains
     url = fill_template(source.metadata_url, 0, 0, 0, api_key=api_key)
     hint = f": check ${source.api_key_env}" if source.api_key_env else ""
-    response = None
+    response, body = None, b""
     for attempt in range(policy.retries + 1):
         try:
-            response = session.get(url, timeout=policy.timeout_s)
+            response, body = bounded_get(session, url, policy=policy)
+        except BodyRefused as err:
+            raise TileError(f"source {source.name!r}: imagery metadata answer refused ({err})") from None
         except _TRANSIENT_ERRORS as err:
             reason = type(err).__name__
         else:
@@ -268,7 +271,7 @@ def resolve_template(source: TileSource, session: requests.Session, api_key: str
         _pause(threading.Event(), policy.backoff(attempt))
     assert response is not None
     try:
-        resource = response.json()["resourceSets"][0]["resources"][0]
+        resource = json.loads(body)["resourceSets"][0]["resources"][0]
         template = str(resource["imageUrl"])
         subdomains = tuple(str(s) for s in resource.get("imageUrlSubdomains") or ())
     except (ValueError, KeyError, IndexError, TypeError):

@@ -70,3 +70,13 @@ def test_retry_after_within_the_cap_is_waited_for_and_said(hostile_server: Hosti
     report, _ = _fetch(hostile_server, "retry-after", tmp_path)
     assert hostile_server.hits["retry-after"] == 2 and "HTTP 429" in report.failed[TILE]
     assert "waiting 0.1 s as the server asks (Retry-After)" in capsys.readouterr().err
+
+
+def test_an_endless_metadata_answer_is_one_line(hostile_server: HostileServer) -> None:
+    from soundmap.errors import TileError
+    from soundmap.tiles.fetch import make_session, resolve_template
+
+    source = TileSource(name="meta", kind="quadkey", url="https://stable.example.com/a{q}.jpeg",
+                        metadata_url=hostile_server.template("endless-fast"))
+    with pytest.raises(TileError, match="imagery metadata answer refused .*cap"):
+        resolve_template(source, make_session(1), None, POLICY)
