@@ -237,10 +237,14 @@ def workspace_for_fetch(path: str | os.PathLike | None = None, *, bbox: str | No
                         aoi: str | os.PathLike | None = None, source: str | None = None,
                         family: str | None = None, zooms: list[int] | None = None,
                         stride: float | None = None, crs: str | None = None,
-                        tiles_config: str | os.PathLike | None = None) -> Workspace:
+                        tiles_config: str | os.PathLike | None = None,
+                        replace_region: bool = False, invalidate: bool = True) -> Workspace:
     """The workspace a ``tiles fetch`` describes: what the user gave, and for anything not given,
     what the existing workspace at ``path`` recorded (so ``soundmap tiles fetch`` alone retries
-    the last fetch). Without an existing workspace a region is required; zooms default to [1]."""
+    the last fetch). Without an existing workspace a region is required; zooms default to [1].
+    A region, grid or imagery other than the recorded one is refused (one line) unless
+    ``replace_region``, which also deletes what was computed for the old one (unless not
+    ``invalidate``: a dry run changes nothing)."""
     from dataclasses import replace
 
     from .families import get_family
@@ -270,11 +274,35 @@ def workspace_for_fetch(path: str | os.PathLike | None = None, *, bbox: str | No
         crs = crs if crs is not None else previous.crs
     workspace = Workspace.create(path, source=src, zooms=zooms or [1], bbox=bbox, aoi=aoi, stride=stride,
                                  crs=crs, tiles_config=config)
-    if previous is not None and (previous.grids != workspace.grids
+    if previous is not None and (any(previous.grids[z] != workspace.grids[z]
+                                     for z in set(previous.grids) & set(workspace.grids))
                                  or previous.source().cache_key != src.cache_key):
-        info(f"workspace {workspace.path}: region, grid or imagery changed; anything embedded for the "
-             "previous settings is stale")
+        if not replace_region:
+            raise InputError(f"workspace {workspace.path} holds another region, grid or imagery "
+                             f"({previous.describe()}); pass --replace-region to replace it (its embeddings "
+                             "and fused caches are deleted) or use another --workspace")
+        if not invalidate:
+            return workspace
+        removed = invalidate_outputs(workspace.path)
+        info(f"workspace {workspace.path}: region, grid or imagery replaced; deleted {removed} stale "
+             "embedding store(s)/fused cache(s)")
     return workspace
+
+
+def invalidate_outputs(path: str | os.PathLike) -> int:
+    """Delete what was computed for a workspace's previous region (local embedding stores and
+    fused-embedding caches), so that no later query can serve a map of the old region; how many
+    were deleted. Stores kept at a store URL are left alone (embed refuses their grid anyway)."""
+    import shutil
+
+    root = Path(path)
+    stale = [*sorted((root / "embeddings").glob("zoom*.zarr")), root / "fused"]
+    removed = 0
+    for item in stale:
+        if item.exists():
+            shutil.rmtree(item)
+            removed += 1
+    return removed
 
 
 # --------------------------------------------------------------------------- tiles of a workspace

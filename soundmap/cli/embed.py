@@ -21,6 +21,7 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Background
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Storage precision of the features: float16 or float32.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Discard embeddings made with another model, source or preprocessing and start again.")]
 StoreUrlOpt = Annotated[Optional[str], typer.Option("--store-url", help="Keep the workspace's embedding stores under this fsspec URL (s3://bucket/path, gs://...) instead of the workspace directory; recorded in the workspace so later embeds and queries use it (default: $SOUNDMAP_STORE_URL, else the recorded one).", show_default=False)]
+RepairOpt = Annotated[bool, typer.Option("--repair", help="First find chunks of the store that fail their checksum or are missing under embedded cells, and re-embed only those.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="Image encoder precision: auto (bf16 on CUDA, fp32 on CPU) or fp32 (the authors' evaluation, exact parity; slower on GPU).")]
 
 
@@ -34,6 +35,7 @@ def embed_command(
     workers: WorkersOpt = None, dtype: DtypeOpt = "float16", overwrite: OverwriteOpt = False,
     precision: PrecisionOpt = "auto", store_url: StoreUrlOpt = None, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False, scheduler: SchedulerOpt = None, resources: ResourcesOpt = None,
+    repair: RepairOpt = False,
 ) -> None:
     """Embed every cell of the workspace's region with the image encoder (resumable)."""
     from ..distributed.cluster import resolve_scheduler
@@ -50,6 +52,8 @@ def embed_command(
     zooms = parse_zooms(zoom) if zoom is not None else list(ws.zooms)
     if store_url is not None:
         record_store_url(ws, store_url)
+    if repair:
+        _repair_stores(ws, zooms)
     if cluster is None:
         loaded = prepare_embedding(ws, zooms, model, device=device, cache_dir=cache_dir)
         reports = (embed_region(ws, level, loaded, batch_size=batch_size, device=device, workers=workers,
@@ -68,3 +72,13 @@ def embed_command(
         counts = ", ".join(f"{n} at zoom {z}" for z, n in missing.items())
         raise TileError(f"{sum(missing.values())} cells have no imagery ({counts}); the rest is embedded: run "
                         f"`soundmap tiles fetch --workspace {ws.path}` to retry the tiles, then `soundmap embed` again")
+
+
+def _repair_stores(ws: object, zooms: list[int]) -> None:
+    """``--repair``: re-pend the damaged blocks of each zoom's store (the embed run that follows
+    re-embeds them) and say how many there were."""
+    from ..store.embeddings import embedding_store_location, repair_location
+
+    for level in zooms:
+        fixed = repair_location(embedding_store_location(ws, level))
+        info(f"zoom {level}: {len(fixed)} damaged chunk(s) found" + (", re-embedding them" if fixed else ""))

@@ -166,6 +166,7 @@ def info_command(
     typer.echo(f"metadata:    {', '.join(config.metadata) or 'none (image only)'}")
     typer.echo(f"family:      {config.family} (gsd {config.gsd} m; fits {FAMILY_SOURCES.get(config.family, '?')})")
     typer.echo(f"weights:     {_size(model.size_bytes)}, sha256 {model.weights_sha256 or '?'}")
+    typer.echo(f"provenance:  {_provenance(model.name, config.source)}")
     typer.echo("config:      " + json.dumps(config.to_dict(), sort_keys=True))
 
 
@@ -190,3 +191,21 @@ def clap_files_command(
     from ..preprocess.text import download_clap_files
 
     typer.echo(str(download_clap_files(dest)))
+
+
+def _provenance(name: str, source: dict) -> str:
+    """Where an installed model came from, and whether the registry vouches for it: a released
+    name installed from an arbitrary --url is said to be unverified, never passed off as official."""
+    from ..models.registry import load_registry
+
+    url = source.get("url")
+    where = f"downloaded from {url}" if url else "imported from a local checkpoint"
+    checksum = source.get("checkpoint_sha256")
+    where += f" (checkpoint sha256 {checksum})" if checksum else ""
+    entry = load_registry().entries.get(name)
+    if entry is None:
+        return where
+    if entry.sha256 and checksum == entry.sha256:
+        return where + "; verified: the registry's checkpoint for this name"
+    return (where + "; UNVERIFIED: not the registry's checkpoint for this released name (the registry "
+            + ("records another checksum)" if entry.sha256 else "records no checksum to compare)"))

@@ -84,6 +84,9 @@ def _report(result) -> None:
         info("fused embeddings reused from the workspace cache")
 
 
+PartialOpt = Annotated[bool, typer.Option("--partial", help="Map a store whose embedding is unfinished (its pending cells become nodata; the coverage is recorded in the output's tags).")]
+
+
 def query_command(
     out: OutOpt = Path("soundmap.tif"), text: TextOpt = None, audio: AudioOpt = None, combine: CombineOpt = False,
     month: MonthOpt = None, hour: HourOpt = None, audio_source: AudioSourceOpt = None,
@@ -93,6 +96,7 @@ def query_command(
     fused_cache: FusedCacheOpt = True, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto", quiet: QuietOpt = False, scheduler: SchedulerOpt = None,
     resources: ResourcesOpt = None, store_url: StoreUrlOpt = None, subcell: SubcellOpt = False,
+    partial: PartialOpt = False,
 ) -> None:
     from ..distributed.cluster import resolve_scheduler
     from ..query.workflow import query_workspace
@@ -102,8 +106,12 @@ def query_command(
     options = _options(out, text, audio, combine, month, hour, audio_source, caption_source, latlon, score,
                        normalize, rgb, uncertainty, png, gif, zoom, bbox)
     if cluster is None:
-        result = query_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir,
-                                 fused_cache=fused_cache, store_url=store_url)
+        from ..scratch import terminate_as_exception
+
+        with terminate_as_exception(f"terminated (SIGTERM); the scratch files beside {out} were removed and "
+                                    "no output was written"):
+            result = query_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir,
+                                     fused_cache=fused_cache, store_url=store_url, partial=partial)
     elif store_url is not None:
         raise InputError("--store-url is not supported with --scheduler; record it with "
                          "`soundmap embed --store-url` or set SOUNDMAP_STORE_URL instead")
@@ -111,7 +119,7 @@ def query_command(
         from ..distributed.query import query_on_cluster
 
         result = query_on_cluster(cluster, workspace, options, model=model, device=device, cache_dir=cache_dir,
-                                  fused_cache=fused_cache)
+                                  fused_cache=fused_cache, partial=partial)
     _report(result)
     if subcell:
         from ..query.subcell import subcell_for_workspace

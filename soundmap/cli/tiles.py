@@ -19,6 +19,7 @@ from .common import (BBoxOpt, CacheDirOpt, DownloadWorkersOpt, QuietOpt, SourceO
                      WorkspaceOpt, apply_quiet, zoom_levels_option)
 
 if TYPE_CHECKING:
+    from ..tiles.sources import TileSource
     from ..workspace import Workspace, WorkspaceFetch
 
 tiles_app = typer.Typer(name="tiles", help="Fetch and inspect the satellite imagery tiles of a region.",
@@ -34,6 +35,7 @@ FamilyOpt = Annotated[Optional[str], typer.Option("--family", help="Model family
 ZoomOpt = zoom_levels_option("the workspace's, else 1")
 CrsOpt = Annotated[Optional[str], typer.Option("--crs", help="Projected CRS of the grid, e.g. EPSG:32633 (default: equal-area LAEA centred on the region).", show_default=False)]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Only print how many tiles and bytes the fetch needs.")]
+ReplaceRegionOpt = Annotated[bool, typer.Option("--replace-region", help="Replace the workspace's recorded region, grid or imagery (deletes its embeddings and fused caches).")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before a large download.")]
 
 
@@ -48,7 +50,7 @@ def fetch_command(
     zoom: ZoomOpt = None, stride: StrideOpt = None, crs: CrsOpt = None, workers: DownloadWorkersOpt = 16,
     dry_run: DryRunOpt = False, yes: YesOpt = False, tiles_config: TilesConfigOpt = None,
     workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None, quiet: QuietOpt = False,
-    scheduler: SchedulerOpt = None,
+    scheduler: SchedulerOpt = None, replace_region: ReplaceRegionOpt = False,
 ) -> None:
     """Download the imagery a region needs into the tile cache and record the workspace.
 
@@ -65,8 +67,14 @@ def fetch_command(
     cluster = resolve_scheduler(scheduler)
     ws = workspace_for_fetch(workspace, bbox=bbox, aoi=str(aoi) if aoi else None, source=source, family=family,
                              zooms=parse_zooms(zoom) if zoom is not None else None, stride=stride, crs=crs,
-                             tiles_config=tiles_config)
+                             tiles_config=tiles_config, replace_region=replace_region,
+                             invalidate=not dry_run)
     src = ws.source()
+    if not src.is_remote:
+        from ..tiles.render import check_raster_source
+
+        check_raster_source(src)
+    yes = _guard_plan(ws, src, yes=yes or dry_run) or yes
     cache = ws.tile_cache(cache_dir)
     plans = [plan_zoom(ws, z) for z in ws.zooms]
     estimate = estimate_download(src, plans, cache)
@@ -99,9 +107,22 @@ def fetch_command(
     info(f"workspace {ws.path} ready ({ws.describe()})")
 
 
-def _confirm_large(n_tiles: int, n_bytes: int) -> None:
+def _guard_plan(ws: "Workspace", src: "TileSource", *, yes: bool) -> bool:
+    """Refuse (or ask about) a plan from its cheap estimate, before the tiles are listed: a grid
+    over the cell budget, or more tiles than a download asks confirmation for. True when the
+    user was asked and said yes (so the exact plan does not ask again)."""
+    from ..geo.planguard import check_plan
+
+    estimate = check_plan([ws.grid(z) for z in ws.zooms], src, yes=yes)
+    if estimate.tiles > CONFIRM_ABOVE_TILES and not yes:
+        _confirm_large(estimate.tiles, estimate.tiles * src.bytes_per_tile, approximate=True)
+        return True
+    return False
+
+
+def _confirm_large(n_tiles: int, n_bytes: int, approximate: bool = False) -> None:
     """Ask before a large download; non-interactive runs must say --yes."""
-    what = f"this downloads {n_tiles} tiles (≈{_human_bytes(n_bytes)})"
+    what = f"this downloads {'about ' if approximate else ''}{n_tiles} tiles (≈{_human_bytes(n_bytes)})"
     if not sys.stdin.isatty():
         raise InputError(f"{what}; re-run with --yes to confirm (or --dry-run to see the plan)")
     if not typer.confirm(f"{what}. Continue?", default=False, err=True):

@@ -104,7 +104,7 @@ def _cells_to_do(store: EmbeddingStore, todo: BlockTodo) -> tuple[np.ndarray, np
     """The block's cells still to embed, row-major (the single-machine loop's order): not
     EMBEDDED and inside the AOI. A retried task thus skips whatever its earlier attempt wrote; the
     third value counts those (planned cells found done)."""
-    state = np.asarray(store.state[todo.rows, todo.cols])
+    state = store.read_states(todo.rows, todo.cols)
     pending = state != CellState.EMBEDDED
     if todo.inside is not None:
         pending &= todo.inside

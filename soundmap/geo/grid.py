@@ -182,6 +182,31 @@ def bbox_extent_in_crs(bbox: BBox, crs: str, points_per_edge: int = 101) -> tupl
     return float(x.min()), float(y.min()), float(x.max()), float(y.max())
 
 
+def check_extent_covers(bbox: BBox, crs: str, extent: tuple[float, float, float, float],
+                        samples_per_axis: int = 33) -> None:
+    """InputError unless the projected outline's extent really holds the whole bbox in ``crs``.
+
+    A CRS made for a small part of the globe (a UTM zone asked to hold the whole world) folds: the
+    outline projects to a small region while interior points land far outside it, or do not come
+    back to where they started. A lattice of interior points is projected and inverted (about a
+    thousand points: milliseconds) so that such a grid is refused before any cell is planned.
+    """
+    w, s, e, n = bbox.as_tuple()
+    lon, lat = np.meshgrid(np.linspace(w, e, samples_per_axis), np.linspace(s, n, samples_per_axis))
+    x, y = (np.asarray(v) for v in from_lonlat_transformer(crs).transform(lon.ravel(), lat.ravel()))
+    minx, miny, maxx, maxy = extent
+    slack = 1e-6 * max(maxx - minx, maxy - miny, 1.0)
+    inside = (np.isfinite(x) & np.isfinite(y) & (x >= minx - slack) & (x <= maxx + slack)
+              & (y >= miny - slack) & (y <= maxy + slack))
+    with np.errstate(invalid="ignore"):
+        back_lon, back_lat = (np.asarray(v) for v in to_lonlat_transformer(crs).transform(x, y))
+        dlon = np.abs((back_lon - lon.ravel() + 180.0) % 360.0 - 180.0)
+        same = np.isfinite(back_lat) & ((dlon < 1e-4) | (np.abs(lat.ravel()) > 89.9)) & (np.abs(back_lat - lat.ravel()) < 1e-4)
+    if not (inside & same).all():
+        raise InputError(f"a grid in {crs} cannot cover this bbox (the projection folds or overflows across it); "
+                         "drop --crs to use an equal-area grid centred on the bbox, or use a smaller bbox")
+
+
 def footprint_errors(grid: Grid, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Relative error of the geodesic length of each edge of footprints centred at (x, y).
 
@@ -231,6 +256,7 @@ def make_grid(bbox: BBox, family: str, zoom: int, *, stride: float | None = None
         raise InputError(f"--stride must be a distance in metres of at least 1, got {stride!r}")
     grid_crs = default_grid_crs(bbox) if crs is None else normalize_crs(crs)
     minx, miny, maxx, maxy = bbox_extent_in_crs(bbox, grid_crs)
+    check_extent_covers(bbox, grid_crs, (minx, miny, maxx, maxy))
     cols = max(1, math.ceil((maxx - minx) / stride - 1e-9))
     rows = max(1, math.ceil((maxy - miny) / stride - 1e-9))
     x0 = (minx + maxx) / 2.0 - cols * stride / 2.0

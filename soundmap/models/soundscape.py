@@ -380,14 +380,18 @@ def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, str]:
     path = Path(directory) / CONFIG_FILE
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelError(f"cannot read {path} ({err}); re-import the model") from None
-    sha = str(payload.pop("weights_sha256", ""))
-    if payload.get("variant") == "sat2sound":  # the third family has its own config class
-        from soundmap.models.sat2sound.configuration import Sat2SoundConfig
+    try:
+        sha = str(payload.pop("weights_sha256", ""))
+        if payload.get("variant") == "sat2sound":  # the third family has its own config class
+            from soundmap.models.sat2sound.configuration import Sat2SoundConfig
 
-        return Sat2SoundConfig.from_dict(payload), sha  # type: ignore[return-value]
-    return ModelConfig.from_dict(payload), sha
+            return Sat2SoundConfig.from_dict(payload), sha  # type: ignore[return-value]
+        return ModelConfig.from_dict(payload), sha
+    except (AttributeError, KeyError, TypeError, ValueError) as err:  # a value of the wrong type
+        raise ModelError(f"{path} has a field of the wrong type or shape ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); re-import the model") from None
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = "auto", *,
@@ -413,6 +417,9 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as err:
         raise ModelError(f"cannot read {weights} ({err}); re-import the model") from None
+    from .integrity import check_weights
+
+    check_weights(weights, sha, state)  # recorded SHA-256 and finite tensors, once per file change
     if config.variant == "sat2sound":  # the third family: its own class and text-encoder lookup
         from soundmap.models.sat2sound.modeling import Sat2SoundModel
 
@@ -421,7 +428,11 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
         sat2sound.text_encoder_dir = Path(text_encoder) if text_encoder else None
         sat2sound.cache_dir = Path(cache_dir) if cache_dir else None
         return sat2sound.to(target).eval()
-    model = SoundscapeModel.from_state_dict(config, state, name=config.name or directory.name, weights_sha256=sha)
+    try:
+        model = SoundscapeModel.from_state_dict(config, state, name=config.name or directory.name, weights_sha256=sha)
+    except (AttributeError, TypeError, ValueError) as err:  # a config.json value of the wrong type
+        raise ModelError(f"{directory / CONFIG_FILE} does not describe a buildable model ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); re-import the model") from None
     model.clap_files = Path(clap_files) if clap_files else _clap_files_under(cache_dir)
     return model.to(target).eval()
 

@@ -58,12 +58,15 @@ AudioInput = Union[str, os.PathLike, tuple[np.ndarray | torch.Tensor, int], np.n
 # ----------------------------------------------------------------------------- decoding
 
 
-def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+def load_audio(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Decode any file libsndfile reads → (float32 mono waveform in [-1, 1], sample rate).
 
     Channels are averaged, as the reference does (``track.mean(axis=0)``). Integer PCM is scaled
-    by 1/32768 (16-bit) like torchaudio's loader.
+    by 1/32768 (16-bit) like torchaudio's loader. With ``max_seconds``, the duration the file's
+    header declares is checked before anything is decoded (a 2-hour WAV would need gigabytes).
     """
+    if max_seconds is not None:
+        check_declared_duration(path, max_seconds)
     try:
         data, sample_rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as exc:
@@ -73,6 +76,24 @@ def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     if data.shape[0] == 0:
         raise AudioError(f"audio file {path} contains no samples; give a clip of at least a few milliseconds")
     return to_mono(data), int(sample_rate)
+
+
+def too_long_message(name: object, seconds: float, max_seconds: float) -> str:
+    """The one line for a clip longer than queries allow."""
+    return (f"{name} is {seconds:.0f} s long; queries are limited to {max_seconds:.0f} s "
+            f"(the whole-clip mel needs ~3 MB per second): trim it, e.g. `ffmpeg -i in -t "
+            f"{max_seconds:.0f} out.wav`")
+
+
+def check_declared_duration(path: str | os.PathLike, max_seconds: float) -> None:
+    """AudioError when the header of ``path`` declares more than ``max_seconds`` (soundfile.info
+    reads the header only). Files whose header cannot be read are left to the decoder's error."""
+    try:
+        header = soundfile.info(os.fspath(path))
+    except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError, TypeError):
+        return
+    if header.samplerate > 0 and 0 < header.frames / header.samplerate > max_seconds:
+        raise AudioError(too_long_message(path, header.frames / header.samplerate, max_seconds))
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:
@@ -239,23 +260,21 @@ class AudioFeaturizer:
 
     def _waveform_at_48k(self, item: AudioInput, sample_rate: int | None) -> np.ndarray:
         if isinstance(item, (str, os.PathLike)):
-            waveform, rate = load_audio(item)
+            waveform, rate = load_audio(item, max_seconds=self.max_seconds)
         elif _is_pair(item):
             waveform, rate = _as_array(item[0]), int(item[1])
         else:
             if sample_rate is None:
                 raise InputError("raw waveforms need sample_rate= (or pass (waveform, sample_rate) pairs)")
             waveform, rate = _as_array(item), int(sample_rate)
+        name = item if isinstance(item, (str, os.PathLike)) else "an audio clip"
         if waveform.size == 0:
             raise AudioError("an audio clip has no samples")
+        if not np.isfinite(waveform).all():  # NaN in, NaN embedding out: an all-nodata map
+            raise AudioError(f"{name} has NaN or infinite samples; re-export it as ordinary PCM audio")
         seconds = max(waveform.shape) / rate
         if self.max_seconds is not None and seconds > self.max_seconds:
-            name = item if isinstance(item, (str, os.PathLike)) else "an audio clip"
-            raise AudioError(
-                f"{name} is {seconds:.0f} s long; queries are limited to {self.max_seconds:.0f} s "
-                f"(the whole-clip mel needs ~3 MB per second): trim it, e.g. `ffmpeg -i in -t "
-                f"{self.max_seconds:.0f} out.wav`"
-            )
+            raise AudioError(too_long_message(name, seconds, self.max_seconds))
         return np.asarray(resample(to_mono(waveform), rate, self.sample_rate), dtype=np.float32)
 
     def _features(self, waveform: np.ndarray) -> tuple[np.ndarray, bool]:

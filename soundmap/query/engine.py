@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..errors import InputError
 from ..geo.grid import window_for_bbox
 from ..progress import progress
+from ..scratch import scratch_prefix, sweep_stale
 from ..raster.cog import PendingOutputs, RasterGeometry, ScratchRaster, block_windows, gdal_env, to_uint8
 from ..raster.preview import Panel, read_decimated, write_gif, write_png
 from .fused_cache import FusedCache, fused_cache_key, store_fingerprint
@@ -103,7 +105,22 @@ def encode_queries(model: Any, queries: Sequence[QuerySpec]) -> Any:
             rows.append(Embedding.combine(audio_row, text_row))
         else:
             rows.append(text_row if text_row is not None else audio_row)
-    return Embedding.cat(rows)
+    embedding = Embedding.cat(rows)
+    _require_finite_queries(embedding, queries)
+    return embedding
+
+
+def _require_finite_queries(embedding: Any, queries: Sequence[QuerySpec]) -> None:
+    """A query embedding with NaN/Inf scores every cell NaN: an all-nodata map with exit 0. Refuse."""
+    import torch
+
+    finite = torch.isfinite(embedding.mu).reshape(embedding.mu.shape[0], -1).all(dim=1)
+    if embedding.logvar is not None:
+        finite &= torch.isfinite(embedding.logvar).reshape(embedding.logvar.shape[0], -1).all(dim=1)
+    bad = [q.label for q, ok in zip(queries, finite.tolist()) if not ok]
+    if bad:
+        raise InputError(f"query {bad[0]!r} has a non-finite embedding (NaN/Inf); check the audio file "
+                         "or re-install the model (`soundmap doctor` checks it)")
 
 
 # ----------------------------------------------------------------------------- fusion
@@ -254,6 +271,13 @@ def _tags(plan: QueryPlan, model: Any, attribution: str, zoom: int) -> dict[str,
     }
 
 
+def _coverage_tags(store: Any) -> dict[str, str]:
+    """How complete the map is (cells embedded, pending, without imagery), for its tags."""
+    from ..store.embeddings import coverage, coverage_tags
+
+    return coverage_tags(coverage(store)) if hasattr(store, "counts") else {}
+
+
 def _open_cache(plan_setting: MetadataSetting, *, cache_root: Path | None, model: Any, store: Any, zoom: int,
                 store_digest: str | None) -> FusedCache | None:
     if cache_root is None or store_digest is None:
@@ -282,12 +306,13 @@ def run_query(plan: QueryPlan, *, model: Any, store: Any, attribution: str = "",
     geometry = RasterGeometry.from_grid(grid, *window)
     query = query if query is not None else encode_queries(model, plan.queries)
     counter = FusionCounter()
-    tags = _tags(plan, model, attribution, zoom)
+    tags = {**_tags(plan, model, attribution, zoom), **_coverage_tags(store)}
     outputs = plan.outputs
     stream = _ScoreStream(plan=plan, model=model, store=store, query=query, window=window, geometry=geometry,
                           zoom=zoom, cache_root=cache_root, counter=counter, batch=batch, blocks=blocks or fused_blocks)
     outputs.out.parent.mkdir(parents=True, exist_ok=True)
-    with gdal_env(), tempfile.TemporaryDirectory(prefix=".soundmap-query-", dir=outputs.out.parent) as tmpdir, \
+    sweep_stale(outputs.out.parent)  # what a killed query left beside --out
+    with gdal_env(), tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=outputs.out.parent) as tmpdir, \
             PendingOutputs() as pending:
         scratch_dir = Path(tmpdir)
         raw_path, sigma_path, ranges = stream.run(scratch_dir, tags)

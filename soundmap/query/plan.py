@@ -323,6 +323,11 @@ def check_outputs(outputs: OutputPlan, *, queries: int, settings: int, probabili
                          "(GeoCLAP or Sat2Sound): drop --uncertainty or use a psm-* model")
     if outputs.out.suffix.lower() not in (".tif", ".tiff"):
         raise InputError(f"--out must be a GeoTIFF path ending in .tif, got {str(outputs.out)!r}")
+    if outputs.out.is_dir():
+        raise InputError(f"--out {outputs.out} is a directory; give a file path such as {outputs.out / 'map.tif'}")
+    parent = next((p for p in outputs.out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise InputError(f"--out {outputs.out}: {parent} is a file, not a directory; choose another --out")
 
 
 def check_score(score: str | None, *, probabilistic: bool, default: str) -> str:

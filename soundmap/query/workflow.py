@@ -87,7 +87,7 @@ def check_model_matches_store(model: Any, store: Any) -> None:
 
 def query_workspace(workspace: Any, options: QueryOptions, *, model: Any = None, device: str = "auto",
                     cache_dir: str | os.PathLike | None = None, fused_cache: bool = True,
-                    store_url: str | None = None) -> QueryResult:
+                    store_url: str | None = None, partial: bool = False) -> QueryResult:
     """``soundmap query``: score the queries of ``options`` over a workspace's embeddings.
 
     The embeddings are read from the workspace, or from under ``store_url`` (else
@@ -96,13 +96,14 @@ def query_workspace(workspace: Any, options: QueryOptions, *, model: Any = None,
     Validation happens in two steps so that bad input fails before any model is loaded:
     model-independent checks first, then the checks that need the model's metadata components.
     """
-    from ..store.embeddings import open_embedding_store
+    from ..store.embeddings import open_embedding_store, require_complete
     from ..workspace import Workspace
 
     make_plan(options)  # fail fast on hour 25, no query, --rgb with two queries, ...
     ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
     zoom = choose_zoom(ws, options.zoom, store_url)
     store = open_embedding_store(ws, zoom, store_url=store_url)
+    require_complete(store, partial=partial)  # a map of a store still being embedded is mostly nodata
     loaded = load_query_model(model, store, device=device, cache_dir=cache_dir)
     check_model_matches_store(loaded, store)
     plan = make_plan(options, loaded)
@@ -181,6 +182,9 @@ def map_region(bbox: Any, options: QueryOptions, *, source: str = MAP_DEFAULT_SO
     ws_path = Path(workspace) if workspace is not None else map_workspace_dir(box, tile_source, zoom, stride, cache_dir)
     ws = _map_workspace(ws_path, box, tile_source, zoom, stride)
     info(f"workspace {ws.path} (query it again with `soundmap query --workspace {ws.path}`)")
+    from ..geo.planguard import check_plan
+
+    check_plan([ws.grid(zoom)], tile_source, yes=yes)  # from the grid's shape, before any tile is listed
     cache = ws.tile_cache(cache_dir)
     confirm_download(ws, cache, yes=yes, confirm=confirm)
     fetched = fetch_workspace(ws, cache)

@@ -232,7 +232,7 @@ class PendingOutputs:
 
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
         os.close(fd)
         os.unlink(name)  # GDAL and PIL create the file themselves
         tmp = Path(name)

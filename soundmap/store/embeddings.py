@@ -19,6 +19,14 @@ place, so a chunk on disk is always a whole old or a whole new chunk. The embed 
 block's ``features`` chunk first and its ``state`` chunk second, and only ``state`` says a cell is
 valid: an interruption between the two leaves cells marked "not done", never garbage marked valid.
 
+Integrity: every chunk soundmap writes ends in a CRC-32C checksum (the Zarr v3 ``crc32c`` codec,
+last in the codec pipeline), which the codec verifies whenever the chunk is read. A flipped byte
+or a truncated chunk therefore fails to decode instead of changing values, and a ``features`` chunk
+that is missing (it reads as the NaN fill value) under cells whose ``state`` says EMBEDDED is also
+damage, never nodata. Either way the reader raises :class:`StoreDamagedError` naming the chunk file
+and ``soundmap embed --repair``; :func:`repair_store` turns the damaged blocks back to PENDING (and
+drops their chunks) so that the next embed re-embeds exactly those blocks.
+
 Stores at an fsspec URL (``s3://bucket/ws/embeddings/zoom1.zarr``, ``gs://...``, ``memory://...``):
 a workspace may keep its stores at a URL (``soundmap embed --store-url URL`` or the environment
 variable ``SOUNDMAP_STORE_URL``; recorded in ``<workspace>/embeddings/store_url`` so that queries
@@ -47,11 +55,18 @@ import zarr
 from ..errors import CacheError
 from ..geo.grid import Grid
 
+
+class StoreDamagedError(CacheError):
+    """A chunk of an embedding store fails its checksum, cannot be decoded, or is missing under
+    cells marked embedded: the store must be repaired (``soundmap embed --repair``)."""
+
 #: Bump when the layout changes in a way older readers cannot read.
 STORE_FORMAT_VERSION = 1
 #: Cells per chunk side: a chunk of 32 × 32 cells × 512 float16 features is 1 MiB.
 CHUNK_CELLS = 32
 FEATURES = "features"
+#: Name of the checksum codec every chunk carries (recorded in the store attributes too).
+CHECKSUM_CODEC = "crc32c"
 STATE = "state"
 STORAGE_DTYPES: tuple[str, ...] = ("float16", "float32")
 #: Largest feature chunk (bytes) a store is created with: wide features (Sat2Sound keeps 196 × 1024
@@ -381,9 +396,42 @@ class EmbeddingStore:
         """Chunk-aligned (row slice, col slice) blocks covering the grid, row-major."""
         return chunk_slices(*self.shape, self.chunk_cells)
 
+    @property
+    def has_checksums(self) -> bool:
+        """True when the store's chunks carry CRC-32C checksums (stores written before checksums
+        existed do not: their damage cannot be detected until they are re-embedded)."""
+        return all(any(getattr(codec, "to_dict", lambda: {})().get("name") == CHECKSUM_CODEC
+                       for codec in array.metadata.codecs) for array in (self.features, self.state))
+
+    def chunk_file(self, array: str, rows: slice, cols: slice) -> str:
+        """Where the chunk of ``array`` (``features`` or ``state``) holding block (rows, cols) lives."""
+        i, j = rows.start // self.chunk_cells, cols.start // self.chunk_cells
+        key = f"{array}/c/{i}/{j}" + ("/0" if array == FEATURES else "")
+        return f"{str(self.path).rstrip('/')}/{key}"
+
+    def _damaged(self, array: str, rows: slice, cols: slice, why: str) -> StoreDamagedError:
+        err = StoreDamagedError(f"embedding store chunk {self.chunk_file(array, rows, cols)} is damaged ({why}); "
+                                "run `soundmap embed --repair` to re-embed only the damaged chunks")
+        err.array, err.why = array, why
+        return err
+
+    def read_states(self, rows: slice, cols: slice) -> np.ndarray:
+        """The states of a chunk-aligned region (a block or a band of chunk rows), checksum-verified:
+        StoreDamagedError naming the first damaged chunk instead of a codec traceback."""
+        try:
+            return np.asarray(self.state[rows, cols])
+        except Exception:  # a codec error of some kind: find which chunk, for the message
+            for block_rows, block_cols in self.blocks():
+                if _overlaps(block_rows, rows) and _overlaps(block_cols, cols):
+                    try:
+                        np.asarray(self.state[block_rows, block_cols])
+                    except Exception as err:
+                        raise self._damaged(STATE, block_rows, block_cols, _reason(err)) from None
+            raise
+
     def state_array(self) -> np.ndarray:
         """The rows × cols uint8 :class:`CellState` of every cell (1 byte per cell)."""
-        return np.asarray(self.state[:])
+        return self.read_states(slice(None), slice(None))
 
     def valid_mask(self) -> np.ndarray:
         """rows × cols bool: True where a cell's features were embedded and may be used."""
@@ -394,15 +442,25 @@ class EmbeddingStore:
         totals = dict.fromkeys((s.name.lower() for s in CellState), 0)
         rows, _ = self.shape
         for r0 in range(0, rows, self.chunk_cells):
-            band = np.asarray(self.state[r0:r0 + self.chunk_cells, :])
+            band = self.read_states(slice(r0, r0 + self.chunk_cells), slice(None))
             values, numbers = np.unique(band, return_counts=True)
             for value, number in zip(values, numbers):
                 totals[CellState(int(value)).name.lower()] += int(number)
         return totals
 
     def read_block(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
-        """Features (storage dtype) and states of one block, as stored."""
-        return np.asarray(self.features[rows, cols, :]), np.asarray(self.state[rows, cols])
+        """Features (storage dtype) and states of one block, as stored, after checking them: a chunk
+        that fails its checksum or does not decode, or embedded cells without finite features (a
+        deleted chunk reads as the NaN fill), raise StoreDamagedError naming the chunk file."""
+        state = self.read_states(rows, cols)
+        try:
+            features = np.asarray(self.features[rows, cols, :])
+        except Exception as err:
+            raise self._damaged(FEATURES, rows, cols, _reason(err)) from None
+        embedded = state == CellState.EMBEDDED
+        if embedded.any() and not np.isfinite(features[embedded]).all():
+            raise self._damaged(FEATURES, rows, cols, "missing or non-finite features under cells marked embedded")
+        return features, state
 
     def iter_blocks(self, fill: float = np.nan) -> Iterator[tuple[slice, slice, np.ndarray, np.ndarray]]:
         """Yield ``(row_slice, col_slice, features float32 (r×c×D), valid bool (r×c))`` per chunk.
@@ -429,20 +487,89 @@ class EmbeddingStore:
         self.state[rows, cols] = state.astype(np.uint8, copy=False)
 
 
+def _overlaps(a: slice, b: slice) -> bool:
+    """Whether block slice ``a`` (concrete bounds) meets region slice ``b`` (None = unbounded)."""
+    start = 0 if b.start is None else b.start
+    return (b.stop is None or a.start < b.stop) and a.stop > start
+
+
+def _reason(err: BaseException) -> str:
+    """A short reason for a codec failure (its first line, without Zarr's long byte dumps)."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return "checksum mismatch" if "checksum" in text.lower() else f"{type(err).__name__}: {text[:80]}"
+
+
+def _checksummed_compressors() -> tuple[Any, ...]:
+    """Zstandard then CRC-32C: the checksum covers the compressed bytes, so a flipped or lost byte
+    anywhere in a chunk file fails the checksum before anything is decompressed."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return (ZstdCodec(level=0), Crc32cCodec())
+
+
+@dataclass(frozen=True)
+class DamagedBlock:
+    """A block of the grid whose chunks cannot be trusted, and why."""
+
+    rows: slice
+    cols: slice
+    chunk_file: str
+    reason: str
+
+
+def find_damaged_blocks(store: EmbeddingStore) -> list[DamagedBlock]:
+    """Every block whose ``state`` or ``features`` chunk fails to decode or to verify, or whose
+    embedded cells have no finite features; one block in memory at a time."""
+    damaged = []
+    for rows, cols in store.blocks():
+        try:
+            store.read_block(rows, cols)
+        except StoreDamagedError as err:
+            name = getattr(err, "array", FEATURES)
+            damaged.append(DamagedBlock(rows, cols, store.chunk_file(name, rows, cols), getattr(err, "why", str(err))))
+    return damaged
+
+
+def repair_store(store: EmbeddingStore, damaged: list[DamagedBlock] | None = None) -> list[DamagedBlock]:
+    """Turn every damaged block back to PENDING and drop its feature chunk, so that the next embed
+    run (which resumes PENDING cells) re-embeds exactly those blocks. Cells outside the area of
+    interest become PENDING too and are marked OUTSIDE again by that run. Returns the blocks fixed.
+
+    Whole chunks are overwritten with their fill values, which Zarr stores by deleting the chunk:
+    nothing damaged is ever read back, and it works the same on local and fsspec stores."""
+    damaged = find_damaged_blocks(store) if damaged is None else damaged
+    for block in damaged:
+        shape = (block.rows.stop - block.rows.start, block.cols.stop - block.cols.start)
+        store.state[block.rows, block.cols] = np.full(shape, CellState.PENDING, dtype=np.uint8)
+        store.features[block.rows, block.cols, :] = np.full((*shape, store.features.shape[2]), np.nan,
+                                                            dtype=store.features.dtype)
+    return damaged
+
+
+def repair_location(location: StoreLocation) -> list[DamagedBlock]:
+    """``repair_store`` on the store at ``location`` (nothing to do when there is none): what
+    ``soundmap embed --repair`` runs before its normal resume."""
+    location = str(location) if is_store_url(location) else Path(location)
+    if not store_exists(location):
+        return []
+    return repair_store(EmbeddingStore.open(location, writable=True))
+
+
 def _layout(group: zarr.Group, identity: StoreIdentity, *, rows: int, cols: int, feature_dim: int,
             dtype: str, chunk_cells: int) -> None:
     """Write the two arrays, then the attributes, of a new store into an empty ``group``."""
     group.create_array(FEATURES, shape=(rows, cols, feature_dim), dtype=dtype,
                        chunks=(chunk_cells, chunk_cells, feature_dim), fill_value=np.nan,
-                       dimension_names=("row", "col", "feature"))
+                       dimension_names=("row", "col", "feature"), compressors=_checksummed_compressors())
     group.create_array(STATE, shape=(rows, cols), dtype="uint8",
                        chunks=(chunk_cells, chunk_cells), fill_value=int(CellState.PENDING),
-                       dimension_names=("row", "col"))
+                       dimension_names=("row", "col"), compressors=_checksummed_compressors())
     attrs = {"format_version": STORE_FORMAT_VERSION, "store_id": uuid.uuid4().hex,
              "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
              **identity.to_attrs(),
              "feature_dim": int(feature_dim), "dtype": dtype, "chunk_cells": int(chunk_cells),
              "state_codes": {s.name.lower(): int(s) for s in CellState},
+             "chunk_checksum": CHECKSUM_CODEC,
              **_georeference_attrs(identity.grid)}
     group.attrs.update(attrs)
 
@@ -473,6 +600,7 @@ def open_embedding_store(workspace: Any, zoom: int, model: Any = None, *,
         raise CacheError(f"no embeddings for zoom {zoom} in {Path(path).parent.parent}; run "
                          f"`soundmap embed --zoom {zoom}` first")
     store = EmbeddingStore.open(path)
+    _require_workspace_region(store, workspace, zoom)
     if model is not None:
         ident = store.identity
         if ident.weights_sha256 != model.weights_sha256 or ident.preprocess_version != model.preprocess_version:
@@ -480,3 +608,43 @@ def open_embedding_store(workspace: Any, zoom: int, model: Any = None, *,
                              f"({ident.weights_sha256[:12]}), not {model.name} ({model.weights_sha256[:12]}); "
                              "run `soundmap embed --overwrite` with that model or use its workspace")
     return store
+
+
+def _require_workspace_region(store: EmbeddingStore, workspace: Any, zoom: int) -> None:
+    """CacheError unless the store was embedded for the workspace's current grid and imagery: after
+    the region changed (``tiles fetch --replace-region``, or an older soundmap that allowed it
+    silently) a query must never paint the old region's map. Duck-typed on the workspace's
+    ``grids`` and ``source()`` so that this layer needs no import of the workspace module."""
+    grids = getattr(workspace, "grids", None)
+    if not isinstance(grids, Mapping) or zoom not in grids:
+        return
+    source = getattr(workspace, "source", None)
+    source_key = source().cache_key if callable(source) else store.identity.source_key
+    if _normalised(grids[zoom]) != _normalised(store.identity.grid) or source_key != store.identity.source_key:
+        raise CacheError(f"embeddings in {store.path} were made for another region, grid or imagery than the "
+                         f"workspace now records; run `soundmap embed --overwrite --zoom {zoom}` first")
+
+
+def coverage(store: EmbeddingStore) -> dict[str, int]:
+    """Cells of the store by state plus ``total``: how complete a map made from it can be."""
+    counts = store.counts()
+    return {**counts, "total": sum(counts.values())}
+
+
+def coverage_tags(counts: Mapping[str, int]) -> dict[str, str]:
+    """Output tags recording a map's coverage, so a partial map says so in its own file."""
+    inside = counts["total"] - counts["outside"]
+    return {"coverage": f"{counts['embedded']} of {inside} cells embedded "
+                        f"({counts['pending']} pending, {counts['no_imagery']} without imagery)",
+            "coverage_embedded": str(counts["embedded"]), "coverage_pending": str(counts["pending"])}
+
+
+def require_complete(store: EmbeddingStore, *, partial: bool) -> dict[str, int]:
+    """The store's :func:`coverage`; a one-line CacheError when cells are still PENDING (an embed
+    still running, or interrupted) unless ``partial`` accepts a map with those cells nodata."""
+    counts = coverage(store)
+    if counts["pending"] and not partial:
+        raise CacheError(f"{counts['pending']} of {counts['total'] - counts['outside']} cells in {store.path} are "
+                         "not embedded yet (an embed is running or was interrupted); finish `soundmap embed`, "
+                         "or pass --partial to map them as nodata")
+    return counts

@@ -235,7 +235,7 @@ def _state_bands(store: EmbeddingStore, inside: np.ndarray | None) -> Iterator[t
     rows, _ = store.shape
     for r0 in range(0, rows, store.chunk_cells):
         band_rows = slice(r0, min(r0 + store.chunk_cells, rows))
-        band = np.asarray(store.state[band_rows, :])
+        band = store.read_states(band_rows, slice(None))
         band_inside = inside[band_rows, :] if inside is not None else np.ones(band.shape, dtype=bool)
         yield band_rows, band, band_inside
 

@@ -12,11 +12,12 @@ its path, so it can be shipped to dask workers.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..errors import CacheError
@@ -40,6 +41,26 @@ CREATE TABLE IF NOT EXISTS metadata (name TEXT PRIMARY KEY, value TEXT NOT NULL)
 _RANGE_SCAN_MIN_TILES = 256
 #: How long a writer waits for another process's transaction before giving up (seconds).
 BUSY_TIMEOUT_S = 120.0
+
+
+def damaged_cache_message(path: Path, err: BaseException) -> str:
+    """The one line for a tile cache SQLite cannot read: which file, and how to rebuild it."""
+    return (f"tile cache {path} is damaged or unreadable ({err}); run `soundmap doctor --repair` to rebuild it "
+            f"(or delete {path.name} and its -wal/-shm files), then `soundmap tiles fetch` again")
+
+
+def _guarded(method: Callable) -> Callable:
+    """Turn SQLite's "database disk image is malformed" / "file is not a database" (DatabaseError,
+    not the OperationalErrors of locks and interrupts) into a one-line CacheError naming the file."""
+    @functools.wraps(method)
+    def wrapper(self: "TileCache", *args: object, **kwargs: object) -> object:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as err:
+            raise CacheError(damaged_cache_message(self.path, err)) from None
+    return wrapper
 
 
 class TileCache:
@@ -68,7 +89,7 @@ class TileCache:
             raise CacheError(f"cannot open tile cache {self.path} ({err}); check permissions and free space, "
                              "or pass another --cache-dir") from None
         except sqlite3.DatabaseError as err:
-            raise CacheError(f"tile cache {self.path} is unreadable ({err}); delete it or pass another --cache-dir") from None
+            raise CacheError(damaged_cache_message(self.path, err)) from None
         self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
@@ -99,6 +120,7 @@ class TileCache:
 
     # -- reads ---------------------------------------------------------------------------------
 
+    @_guarded
     def get(self, source_key: str, z: int, x: int, y: int) -> bytes | None:
         """The stored bytes of tile (z, x, y) of ``source_key``, or None."""
         row = self._connect().execute(
@@ -106,12 +128,14 @@ class TileCache:
             (source_key, z, x, y)).fetchone()
         return bytes(row[0]) if row else None
 
+    @_guarded
     def has(self, source_key: str, z: int, x: int, y: int) -> bool:
         """Whether tile (z, x, y) of ``source_key`` is cached."""
         return self._connect().execute(
             "SELECT 1 FROM tiles WHERE source_key=? AND z=? AND x=? AND y=?",
             (source_key, z, x, y)).fetchone() is not None
 
+    @_guarded
     def missing(self, source_key: str, tiles: Iterable[TileKey]) -> list[TileKey]:
         """The tiles of ``tiles`` (z, x, y) not cached yet, in the order given, without duplicates.
 
@@ -141,6 +165,7 @@ class TileCache:
         wanted = set(keys)
         return {key for x, y in rows if (key := (z, x, y)) in wanted}
 
+    @_guarded
     def count(self, source_key: str | None = None, z: int | None = None) -> int:
         """Number of cached tiles, optionally of one source and zoom."""
         sql, args = "SELECT COUNT(*) FROM tiles", []
@@ -155,6 +180,7 @@ class TileCache:
             sql += " WHERE " + " AND ".join(clauses)
         return int(self._connect().execute(sql, args).fetchone()[0])
 
+    @_guarded
     def sources(self) -> dict[str, int]:
         """Tiles cached per source key."""
         rows = self._connect().execute("SELECT source_key, COUNT(*) FROM tiles GROUP BY source_key")
@@ -175,6 +201,7 @@ class TileCache:
         """Store one tile (replacing any previous copy) in its own transaction."""
         self.put_many(source_key, [((z, x, y), data)])
 
+    @_guarded
     def put_many(self, source_key: str, items: Iterable[tuple[TileKey, bytes]]) -> int:
         """Store many tiles in ONE transaction: all of them are committed, or (on any error,
         Ctrl-C included) none. Returns how many were written."""
@@ -200,6 +227,7 @@ class TileCache:
                              "another --cache-dir") from None
         return len(rows)
 
+    @_guarded
     def delete(self, source_key: str, tiles: Iterable[TileKey]) -> int:
         """Remove tiles (e.g. ones found to be bad later); returns how many rows went."""
         conn = self._connect()

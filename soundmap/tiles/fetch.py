@@ -11,6 +11,14 @@ Design:
   never enters the cache.
 - Tiles are committed in batches from the main thread, each batch one SQLite transaction: a
   Ctrl-C loses at most the batch in flight, never leaves half a tile.
+- Every request is bounded (see :class:`RetryPolicy`): a connect timeout, a read timeout per
+  socket read, a total deadline per request (a server that trickles bytes forever is cut off) and
+  a body-size cap (an endless fast body is cut off). The image header is checked before any pixel
+  is decoded: a tile whose declared size is not the source's ``tile_size`` (a decompression bomb
+  declaring 10000² pixels, a wrong layer) is refused without allocating its pixels. Nothing refused
+  is cached. Redirects are followed only to the source's own host (plus ``redirect_hosts`` the
+  source lists) and only over http(s). ``Retry-After`` is honoured up to ``max_retry_after_s``
+  (said on stderr while waiting); a longer wait defers the tile: it is reported, not waited for.
 - A tile that still fails is recorded in the :class:`FetchReport` with the reason; the caller
   decides what that means (the CLI names the cells that lack imagery and exits 2).
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import email.utils
 import io
+import json
 import itertools
 import queue
 import random
@@ -35,7 +44,7 @@ from requests.adapters import HTTPAdapter
 
 from .. import __version__
 from ..errors import TileError
-from ..progress import progress
+from ..progress import info, progress
 from .cache import TileCache, TileKey
 from .sources import TileSource, fill_template, template_problem
 
@@ -54,8 +63,12 @@ class RetryPolicy:
     retries: int = 5
     backoff_s: float = 0.5
     max_backoff_s: float = 60.0
-    timeout_s: float = 30.0
-    max_retry_after_s: float = 300.0
+    timeout_s: float = 30.0          #: read timeout: the longest silence between two socket reads
+    max_retry_after_s: float = 60.0  #: a longer Retry-After defers the tile instead of waiting
+    connect_timeout_s: float = 10.0
+    deadline_s: float = 60.0         #: total time one request (headers and body) may take
+    max_body_bytes: int = 8 * 2**20  #: a tile body larger than this is refused (tiles are ~10-200 KB)
+    max_redirects: int = 5
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff for retry number ``attempt`` (0-based), with ±25 % jitter so that
@@ -117,10 +130,12 @@ def make_session(workers: int, headers: dict[str, str] | None = None) -> request
     return session
 
 
-def image_problem(data: bytes) -> str | None:
+def image_problem(data: bytes, tile_size: int | None = None) -> str | None:
     """Why ``data`` is not a usable image (None when PIL decodes it completely).
 
-    ``Image.verify`` alone accepts truncated JPEGs, so the pixels are actually decoded.
+    ``Image.verify`` alone accepts truncated JPEGs, so the pixels are actually decoded, but only
+    after the header's declared size was checked against ``tile_size``: a PNG declaring 10000²
+    pixels (a decompression bomb) is refused from its header, before gigabytes are allocated.
     """
     from PIL import Image
 
@@ -128,12 +143,77 @@ def image_problem(data: bytes) -> str | None:
         return "empty body"
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image.load()
             if image.width == 0 or image.height == 0:
                 return "image has no pixels"
+            if tile_size is not None and image.size != (tile_size, tile_size):
+                return f"image is {image.width}×{image.height}, the source's tile_size is {tile_size}"
+            image.load()
     except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
         return "not a decodable image"
     return None
+
+
+class BodyRefused(Exception):
+    """A response body broke a bound (size cap or deadline); the message says which."""
+
+
+def read_bounded(response: requests.Response, *, max_bytes: int, deadline: float) -> bytes:
+    """The body of a streamed ``response``, refusing one over ``max_bytes`` (by Content-Length
+    before reading, or while reading) or still arriving at ``deadline`` (a ``time.monotonic``).
+
+    ``read1`` returns after one socket read, so the deadline is checked at least once per read
+    timeout even when a server trickles one byte at a time.
+    """
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise BodyRefused(f"body of {int(declared) / 2**20:.1f} MiB over the {max_bytes / 2**20:.0f} MiB cap")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        if time.monotonic() > deadline:
+            raise BodyRefused("body still arriving at the request deadline")
+        part = response.raw.read1(65536, decode_content=True)
+        if not part:
+            return b"".join(parts)
+        size += len(part)
+        if size > max_bytes:
+            raise BodyRefused(f"body over the {max_bytes / 2**20:.0f} MiB cap")
+        parts.append(part)
+
+
+def _redirect_target(response: requests.Response, url: str, allowed_hosts: set[str]) -> str:
+    """Where a redirect goes, when it may be followed: http(s) and an allowed host only."""
+    from urllib.parse import urljoin
+
+    target = urljoin(url, response.headers.get("Location", ""))
+    parts = urlsplit(target)
+    if parts.scheme not in ("http", "https"):
+        raise BodyRefused(f"redirect to a {parts.scheme or 'relative'}:// URL refused")
+    if (parts.hostname or "") not in allowed_hosts:
+        raise BodyRefused(f"redirect to {parts.hostname} refused (not the source's host; list it "
+                          "under redirect_hosts in tiles.yaml to allow it)")
+    return target
+
+
+def bounded_get(session: requests.Session, url: str, *, policy: RetryPolicy, headers: dict[str, str] | None = None,
+                allowed_hosts: Iterable[str] = ()) -> tuple[requests.Response, bytes]:
+    """GET ``url`` within every bound of ``policy``: (response, body). Redirects are followed by
+    hand, each hop checked by :func:`_redirect_target`; BodyRefused when a bound is broken."""
+    deadline = time.monotonic() + policy.deadline_s
+    allowed = {urlsplit(url).hostname or "", *allowed_hosts}
+    for _ in range(policy.max_redirects + 1):
+        response = session.get(url, headers=headers, stream=True, allow_redirects=False,
+                               timeout=(policy.connect_timeout_s, policy.timeout_s))
+        try:
+            if response.is_redirect:
+                url = _redirect_target(response, url, allowed)
+                continue
+            body = read_bounded(response, max_bytes=policy.max_body_bytes, deadline=deadline) \
+                if response.status_code == 200 else b""
+            return response, body
+        finally:
+            response.close()
+    raise BodyRefused(f"more than {policy.max_redirects} redirects")
 
 
 def retry_after_s(response: requests.Response, limit: float) -> float | None:
@@ -171,10 +251,12 @@ def resolve_template(source: TileSource, session: requests.Session, api_key: str
         return source.url, source.subdomains
     url = fill_template(source.metadata_url, 0, 0, 0, api_key=api_key)
     hint = f": check ${source.api_key_env}" if source.api_key_env else ""
-    response = None
+    response, body = None, b""
     for attempt in range(policy.retries + 1):
         try:
-            response = session.get(url, timeout=policy.timeout_s)
+            response, body = bounded_get(session, url, policy=policy)
+        except BodyRefused as err:
+            raise TileError(f"source {source.name!r}: imagery metadata answer refused ({err})") from None
         except _TRANSIENT_ERRORS as err:
             reason = type(err).__name__
         else:
@@ -189,7 +271,7 @@ def resolve_template(source: TileSource, session: requests.Session, api_key: str
         _pause(threading.Event(), policy.backoff(attempt))
     assert response is not None
     try:
-        resource = response.json()["resourceSets"][0]["resources"][0]
+        resource = json.loads(body)["resourceSets"][0]["resources"][0]
         template = str(resource["imageUrl"])
         subdomains = tuple(str(s) for s in resource.get("imageUrlSubdomains") or ())
     except (ValueError, KeyError, IndexError, TypeError):
@@ -216,7 +298,10 @@ def download_tile(session: requests.Session, source: TileSource, tile: TileKey, 
             return tile, None, "aborted"
         delay = policy.backoff(attempt)
         try:
-            response = session.get(url, headers=headers, timeout=policy.timeout_s)
+            response, body = bounded_get(session, url, policy=policy, headers=headers,
+                                         allowed_hosts=source.redirect_hosts)
+        except BodyRefused as err:  # a hostile or broken server: retrying would only repeat it
+            return tile, None, str(err)
         except _TRANSIENT_ERRORS as err:
             reason = f"{type(err).__name__}"
         else:
@@ -224,14 +309,20 @@ def download_tile(session: requests.Session, source: TileSource, tile: TileKey, 
             if status == 200:
                 if response.headers.get("X-VE-Tile-Info", "").lower() == "no-tile":
                     return tile, None, "no imagery at this tile (server placeholder)"
-                body = response.content
-                problem = image_problem(body)
+                problem = image_problem(body, source.tile_size)
                 if problem is None:
                     return tile, body, None
+                if problem.startswith("image is "):  # a wrong size will not change on retry
+                    return tile, None, problem
                 reason = problem
             elif status == 429 or status >= 500 or status == 408:
                 reason = "HTTP 429 (rate limited)" if status == 429 else f"HTTP {status}"
-                asked = retry_after_s(response, policy.max_retry_after_s)  # 429 and 503 may say
+                asked = retry_after_s(response, float("inf"))  # 429 and 503 may say
+                if asked is not None and asked > policy.max_retry_after_s:
+                    return tile, None, (f"deferred: the server asked to wait {asked:.0f} s (Retry-After), over the "
+                                        f"{policy.max_retry_after_s:.0f} s cap; re-run later")
+                if asked is not None and attempt < policy.retries:
+                    info(f"tile {z}/{x}/{y}: waiting {asked:.1f} s as the server asks (Retry-After)")
                 delay = asked if asked is not None else delay
             else:
                 return tile, None, _permanent_reason(status, source)

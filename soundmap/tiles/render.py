@@ -116,6 +116,15 @@ def decode_tile(data: bytes, tile_size: int) -> np.ndarray | None:
     return array
 
 
+def forget_undecodable_tile(cache: Any, source_key: str, tile: tuple[int, int, int]) -> None:
+    """Delete a cached tile that no longer decodes (a damaged row), so that the next
+    ``soundmap tiles fetch`` sees it missing and downloads it again; otherwise embed would say
+    "fetch the tiles" and fetch would find them all cached, for ever."""
+    delete = getattr(cache, "delete", None)
+    if delete is not None:
+        delete(source_key, [tile])
+
+
 class _DecodedTiles:
     """Decoded tiles of one batch: decoded once, dropped after their last use, capped in bytes."""
 
@@ -139,6 +148,8 @@ class _DecodedTiles:
             data = self.cache.get(self.source_key, self.z, x % n, y)
             tile = decode_tile(data, self.tile_size) if data is not None else None
             self.decodes += 1
+            if data is not None and tile is None:
+                forget_undecodable_tile(self.cache, self.source_key, (self.z, x % n, y))
         self.tiles[key] = tile
         self.nbytes += tile.nbytes if tile is not None else 0
         return tile
@@ -230,6 +241,12 @@ def _render_from_tiles(grid: Grid, r: np.ndarray, c: np.ndarray, source: Any, ca
 
 
 # -- local rasters --------------------------------------------------------------------------------
+
+
+def check_raster_source(source: Any) -> None:
+    """TileError (one line) unless a ``kind: file`` source opens as a usable raster: checked when
+    the workspace is fetched, so a wrong file is named then, not hours later by embed."""
+    _open_raster(str(source.url)).close()
 
 
 def _open_raster(path: str) -> Any:

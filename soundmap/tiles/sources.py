@@ -69,6 +69,8 @@ class TileSource:
     psm_training_layer: bool = False
     metadata_url: str | None = None
     spec: str = ""
+    #: Hosts besides the source's own that a tile request may be redirected to (none by default).
+    redirect_hosts: tuple[str, ...] = ()
 
     @property
     def cache_key(self) -> str:
@@ -120,6 +122,7 @@ class TileSource:
         values = {k: v for k, v in data.items() if k in known}
         values["headers"] = dict(values.get("headers") or {})
         values["subdomains"] = tuple(values.get("subdomains") or ())
+        values["redirect_hosts"] = tuple(values.get("redirect_hosts") or ())
         return cls(**values)
 
 
@@ -212,6 +215,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read tiles config {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"tiles config {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -300,6 +305,11 @@ def build_source(name: str, entry: Mapping[str, Any], origin: Path | str = "tile
     if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float))
                                                 for k, v in headers.items()):
         raise fail("headers must be a mapping of header name -> text")
+    if any(ch in f"{k}{v}" for k, v in headers.items() for ch in "\r\n\0"):
+        raise fail("header names and values must be one line (no CR, LF or NUL characters)")
+    redirect_hosts = entry.get("redirect_hosts") or ()
+    if isinstance(redirect_hosts, str) or not all(isinstance(h, str) and h for h in redirect_hosts):
+        raise fail("redirect_hosts must be a list of host names, e.g. [tiles.example.org]")
     api_key_env = entry.get("api_key_env")
     if api_key_env is not None and not (isinstance(api_key_env, str) and _ENV_NAME_RE.match(api_key_env)):
         raise fail(f"api_key_env must be an environment variable name (got {api_key_env!r})")
@@ -325,7 +335,7 @@ def build_source(name: str, entry: Mapping[str, Any], origin: Path | str = "tile
         licence=entry["licence"], headers={k: str(v) for k, v in headers.items()},
         api_key_env=api_key_env, subdomains=tuple(subdomains), bytes_per_tile=bytes_per_tile,
         note=entry.get("note", ""), psm_training_layer=bool(entry.get("psm_training_layer", False)),
-        metadata_url=metadata_url, spec=name,
+        metadata_url=metadata_url, spec=name, redirect_hosts=tuple(redirect_hosts),
     )
 
 

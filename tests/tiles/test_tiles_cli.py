@@ -236,11 +236,11 @@ def test_ctrl_c_mid_fetch_exits_130_and_the_rerun_fetches_only_the_rest(
     real_check = fetch_module.image_problem
     checked: list[int] = []
 
-    def ctrl_c_on_the_twentieth_tile(data: bytes) -> str | None:
+    def ctrl_c_on_the_twentieth_tile(data: bytes, *size: int) -> str | None:
         checked.append(1)
         if len(checked) == 20:
             raise KeyboardInterrupt
-        return real_check(data)
+        return real_check(data, *size)
 
     monkeypatch.setattr(fetch_module, "image_problem", ctrl_c_on_the_twentieth_tile)
     ws_dir = tmp_path / "ws"

@@ -100,7 +100,9 @@ def test_fetch_request_reuses_what_the_workspace_recorded(tmp_path: Path, tiles_
     first.save()
     again = workspace_for_fetch(tmp_path / "ws")
     assert again.source() == first.source() and again.zooms == [1, 5] and again.grids == first.grids
-    other = workspace_for_fetch(tmp_path / "ws", source="test-xyz", family="bing", zooms=[3])
+    with pytest.raises(InputError, match="holds another region, grid or imagery.*--replace-region"):
+        workspace_for_fetch(tmp_path / "ws", source="test-xyz", family="bing", zooms=[3])
+    other = workspace_for_fetch(tmp_path / "ws", source="test-xyz", family="bing", zooms=[3], replace_region=True)
     assert other.source().name == "test-xyz" and other.family == "bing" and other.zooms == [3]
     assert other.region.bbox == first.region.bbox and other.stride == 900.0
     with pytest.raises(InputError, match="not both"):
