@@ -74,6 +74,7 @@ def pull_command(
     url: Annotated[Optional[str], typer.Option("--url", help="Download this checkpoint URL instead (http/https; Google Drive file links work).")] = None,
     all_models: Annotated[bool, typer.Option("--all", help="Pull every released model not installed yet.")] = False,
     keep: Annotated[bool, typer.Option("--keep-checkpoint", "--keep", help="Keep the downloaded .ckpt (in <cache>/downloads) after importing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Install a file that is not the registry's checkpoint for a released name (marked UNVERIFIED in `models info`).")] = False,
     cookies: Annotated[Optional[Path], typer.Option("--cookies", help="A browser cookie export (Netscape cookies.txt) for drive.google.com, to get past Drive's download quota.", show_default=False)] = None,
     unsafe_pickle: UnsafePickleOpt = False, cache_dir: CacheDirOpt = None, quiet: QuietOpt = False,
 ) -> None:
@@ -85,7 +86,7 @@ def pull_command(
     from ..models.registry import pull_all, pull_model
 
     apply_quiet(quiet)
-    options = dict(cache_dir=cache_dir, unsafe_pickle=unsafe_pickle, keep_download=keep, cookies=cookies)
+    options = dict(cache_dir=cache_dir, unsafe_pickle=unsafe_pickle, keep_download=keep, cookies=cookies, force=force)
     if all_models:
         if name is not None or url is not None:
             raise InputError("--all pulls every released model: give no NAME and no --url with it")
@@ -166,7 +167,7 @@ def info_command(
     typer.echo(f"metadata:    {', '.join(config.metadata) or 'none (image only)'}")
     typer.echo(f"family:      {config.family} (gsd {config.gsd} m; fits {FAMILY_SOURCES.get(config.family, '?')})")
     typer.echo(f"weights:     {_size(model.size_bytes)}, sha256 {model.weights_sha256 or '?'}")
-    typer.echo(f"provenance:  {_provenance(model.name, config.source)}")
+    typer.echo(f"provenance:  {_provenance(model.name, config.source, cache_dir)}")
     typer.echo("config:      " + json.dumps(config.to_dict(), sort_keys=True))
 
 
@@ -193,19 +194,26 @@ def clap_files_command(
     typer.echo(str(download_clap_files(dest)))
 
 
-def _provenance(name: str, source: dict) -> str:
+def _provenance(name: str, source: dict, cache_dir: Optional[Path] = None) -> str:
     """Where an installed model came from, and whether the registry vouches for it: a released
     name installed from an arbitrary --url is said to be unverified, never passed off as official."""
     from ..models.registry import load_registry
 
-    url = source.get("url")
-    where = f"downloaded from {url}" if url else "imported from a local checkpoint"
+    from ..models.lockfile import locked
+
+    origin = source.get("url") or source.get("source_id")
+    where = f"downloaded from {origin}" if origin else "imported from a local checkpoint"
     checksum = source.get("checkpoint_sha256")
     where += f" (checkpoint sha256 {checksum})" if checksum else ""
     entry = load_registry().entries.get(name)
     if entry is None:
         return where
+    if source.get("forced"):
+        return where + "; UNVERIFIED: installed with --force although it is not the registry's checkpoint"
     if entry.sha256 and checksum == entry.sha256:
         return where + "; verified: the registry's checkpoint for this name"
+    record = locked(name, cache_dir)
+    if not entry.sha256 and record and checksum == record.get("sha256") and not source.get("url"):
+        return where + "; verified: the checkpoint recorded at the first download from the registry's source"
     return (where + "; UNVERIFIED: not the registry's checkpoint for this released name (the registry "
             + ("records another checksum)" if entry.sha256 else "records no checksum to compare)"))

@@ -233,7 +233,7 @@ def _url_entry(name: str, url: str, entry: RegistryEntry | None) -> RegistryEntr
 
 def pull_model(name: str | None = None, *, url: str | None = None, cache_dir: str | os.PathLike | None = None,
                unsafe_pickle: bool = False, keep_download: bool = False, cookies: str | os.PathLike | None = None,
-               fetch_clap: bool = True) -> Path:
+               fetch_clap: bool = True, force: bool = False) -> Path:
     """Download a checkpoint (registry ``name`` and/or explicit ``url``) and import it as ``name``.
 
     The registry entry's ``source`` says where (:data:`FETCHERS`). Trust on first use: the first
@@ -242,6 +242,10 @@ def pull_model(name: str | None = None, *, url: str | None = None, cache_dir: st
     A failed pull leaves no model behind (a dropped download keeps its ``.part`` to resume). The
     downloaded ``.ckpt`` is removed after import unless ``keep_download``. Then the small CLAP
     tokenizer files are fetched into the Hugging Face cache if missing (``fetch_clap``).
+
+    A released name pulled from another ``url`` must be the checkpoint the registry or the lock
+    file records for that name, and any pull must have the entry's variant, imagery family and
+    metadata; ``force`` installs it anyway, marked as forced (``models info`` says UNVERIFIED).
     """
     from soundmap.models.checkpoint import validate_model_name
     from soundmap.paths import cache_dir as cache_root
@@ -251,6 +255,7 @@ def pull_model(name: str | None = None, *, url: str | None = None, cache_dir: st
     validate_model_name(name)
     registry = load_registry()
     entry = registry.entries.get(name)
+    expected = _expected_sha256(entry, cache_dir) if entry is not None and url is not None else None
     if url is not None:
         entry = _url_entry(name, url, entry)
     elif entry is None:
@@ -259,7 +264,8 @@ def pull_model(name: str | None = None, *, url: str | None = None, cache_dir: st
     if fetch is None:
         raise ModelError(f"no download source is recorded for {name}; {manual_route(entry, registry)}")
     path = _fetch_and_import(entry, registry, fetch, cache_root(cache_dir) / "downloads", cache_dir=cache_dir,
-                             trusted=url is None, unsafe_pickle=unsafe_pickle, keep=keep_download, cookies=cookies)
+                             trusted=url is None, unsafe_pickle=unsafe_pickle, keep=keep_download, cookies=cookies,
+                             expected_sha256=expected, force=force)
     if fetch_clap and entry.variant in CLAP_VARIANTS:
         _ensure_clap_files(name)
     return path
@@ -267,8 +273,13 @@ def pull_model(name: str | None = None, *, url: str | None = None, cache_dir: st
 
 def _fetch_and_import(entry: RegistryEntry, registry: Registry, fetch: Callable[..., Any], downloads: Path, *,
                       cache_dir: str | os.PathLike | None, trusted: bool, unsafe_pickle: bool, keep: bool,
-                      cookies: str | os.PathLike | None) -> Path:
-    """Fetch, check against the registry / lock, import; on any failure remove what was fetched."""
+                      cookies: str | os.PathLike | None, expected_sha256: str | None = None,
+                      force: bool = False) -> Path:
+    """Fetch, check against the registry / lock, import; on any failure remove what was fetched.
+
+    ``expected_sha256``: what an official name pulled from another URL must be (None: nothing
+    recorded to compare with). ``force`` turns both that check and the variant/family/metadata
+    check into a recorded mark instead of a refusal."""
     from soundmap.download import sha256_of
     from soundmap.models import lockfile
     from soundmap.models.checkpoint import import_checkpoint
@@ -288,7 +299,13 @@ def _fetch_and_import(entry: RegistryEntry, registry: Registry, fetch: Callable[
     try:
         sha256 = sha256_of(fetched.path)
         _check_trust(entry, lock, fetched, sha256, cache_dir)
+        if expected_sha256 and expected_sha256.lower() != sha256 and not force:
+            raise ModelError(f"{fetched.source_id} is not the checkpoint recorded for the released name {entry.name} "
+                             f"(sha256 {sha256[:12]}…, recorded {expected_sha256[:12]}…); install it under another "
+                             "--name, or pass --force to keep it under this one marked UNVERIFIED")
         provenance = {"source_id": fetched.source_id, "checkpoint_sha256": sha256}
+        if force:
+            provenance["forced"] = True
         if entry.url or entry.source.get("kind") == "url":
             provenance["url"] = entry.source.get("url") or entry.url
         if entry.variant:
@@ -296,7 +313,7 @@ def _fetch_and_import(entry: RegistryEntry, registry: Registry, fetch: Callable[
                                "licence": entry.licence})
         path = import_checkpoint(fetched.path, entry.name, unsafe_pickle=unsafe_pickle, cache_dir=cache_dir,
                                  provenance=provenance)
-        if entry.variant:
+        if entry.variant and not force:
             _check_against_entry(path, entry)
     except SoundmapError:
         if mine:
@@ -310,6 +327,16 @@ def _fetch_and_import(entry: RegistryEntry, registry: Registry, fetch: Callable[
     if mine and not keep:
         Path(fetched.path).unlink(missing_ok=True)
     return path
+
+
+def _expected_sha256(entry: RegistryEntry, cache_dir: str | os.PathLike | None) -> str | None:
+    """The checkpoint SHA-256 a released name stands for: the registry's, else the lock file's."""
+    from soundmap.models import lockfile
+
+    if entry.sha256:
+        return entry.sha256
+    record = lockfile.locked(entry.name, cache_dir)
+    return record.get("sha256") if record else None
 
 
 def _check_trust(entry: RegistryEntry, lock: dict[str, Any] | None, fetched: Any, sha256: str,

@@ -305,3 +305,37 @@ def test_progress_bar_shows_bytes_and_rate_and_quiet_silences_it(psm_drive: Driv
     capsys.readouterr()
     code, err = _cli(["models", "pull", NAME, "--quiet"], capsys)
     assert code == 0 and err == ""
+
+
+def _info_provenance(capsys: pytest.CaptureFixture[str]) -> str:
+    capsys.readouterr()
+    assert run(["models", "info", NAME]) == 0
+    return next(line for line in capsys.readouterr().out.splitlines() if line.startswith("provenance:"))
+
+
+def test_another_url_under_a_released_name_needs_force(psm_drive: DriveServer, file_server, tmp_path: Path,
+                                                        capsys) -> None:
+    """After the official pull recorded its checksum, a different file from another URL is refused
+    under that name; --force installs it and `models info` says UNVERIFIED."""
+    pull_model(NAME)
+    assert "verified: the checkpoint recorded at the first download" in _info_provenance(capsys)
+    other = write_author_checkpoint(build_tiny_model("psm", seed=7), tmp_path / "other.ckpt")
+    file_server.files["/other.ckpt"] = other.read_bytes()
+    url = file_server.url_for("other.ckpt")
+    code, err = _cli(["models", "pull", NAME, "--url", url], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--force" in err and "not the checkpoint recorded" in err
+    assert "verified" in _info_provenance(capsys) and "UNVERIFIED" not in _info_provenance(capsys)
+    assert run(["models", "pull", NAME, "--url", url, "--force", "-q"]) == 0
+    line = _info_provenance(capsys)
+    assert url in line and "UNVERIFIED" in line and "--force" in line
+
+
+def test_a_checkpoint_of_another_variant_is_refused_without_force(file_server, tmp_path: Path, capsys) -> None:
+    geoclap = write_author_checkpoint(build_tiny_model("geoclap", seed=3), tmp_path / "g.ckpt")
+    file_server.files["/g.ckpt"] = geoclap.read_bytes()
+    url = file_server.url_for("g.ckpt")
+    code, err = _cli(["models", "pull", NAME, "--url", url], capsys)
+    assert code == 2 and err.count("\n") == 1 and "the registry says" in err
+    assert NAME not in {m.name for m in installed_models()}
+    assert run(["models", "pull", NAME, "--url", url, "--force", "-q"]) == 0
+    assert "UNVERIFIED" in _info_provenance(capsys)
