@@ -125,6 +125,7 @@ def map_command(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Download the default model and large tile sets without asking.")] = False,
     tiles_config: TilesConfigOpt = None, fused_cache: FusedCacheOpt = True, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto", quiet: QuietOpt = False,
+    explore: Annotated[bool, typer.Option("--explore", help="Then open the map in `soundmap explore` (127.0.0.1:8765).")] = False,
 ) -> None:
     from ..query.workflow import map_region
 
@@ -135,6 +136,11 @@ def map_command(
                         confirm=_confirm, device=device, cache_dir=cache_dir, stride=stride, fused_cache=fused_cache,
                         tiles_config=tiles_config)
     _report(result)
+    if explore:
+        from .explore import launch, map_workspace_path
+
+        launch(map_workspace_path(bbox, source, zoom, stride, workspace, cache_dir, tiles_config), model=model,
+               open_browser=True, cache_dir=cache_dir)
 
 
 def _confirm(question: str) -> bool:
