@@ -170,10 +170,10 @@
       state[key] = parse($(id)); if (rerun === "query") runQuery(); else if (rerun === "layer" && result) { writeHash(); showResult(); }
     });
     $("query-form").addEventListener("submit", (e) => { e.preventDefault(); state.text = $("text").value; runQuery(); });
-    bind("hour", "hour", "change", (el) => Number(el.value), "query");
+    bind("hour", "hour", "change", (el) => { $("hour-value").textContent = el.value; return Number(el.value); }, "query");
     $("hour").addEventListener("input", () => { $("hour-value").textContent = $("hour").value; });
     bind("hour-on", "hourOn", "change", (el) => el.checked, "query");
-    bind("month", "month", "change", (el) => Number(el.value), "query");
+    bind("month", "month", "change", (el) => { $("month-value").textContent = el.value; return Number(el.value); }, "query");
     $("month").addEventListener("input", () => { $("month-value").textContent = $("month").value; });
     bind("month-on", "monthOn", "change", (el) => el.checked, "query");
     bind("audio-source", "audio_source", "change", (el) => el.value, "query");
@@ -225,6 +225,7 @@
     map.on("moveend", () => { const c = map.getCenter(); state.lat = +c.lat.toFixed(5); state.lon = +c.lng.toFixed(5); state.z = map.getZoom(); writeHash(); });
     map.on("click", clickCell);
     bindControls();
+    window.soundmapExplorer = { map, info };  // for scripts and the browser test
     document.body.dataset.ready = "1";
     if (state.text || state.audio) runQuery();
   }
