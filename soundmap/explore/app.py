@@ -12,6 +12,8 @@ query's text-encoder forward) never holds up the others; fusion runs in the expl
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,11 @@ from fastapi.staticfiles import StaticFiles
 
 from ..errors import SoundmapError
 from .session import Explorer, NotReady, ViewRequest
-from .tiles import COLORMAPS, TileIndex, composite_rgba, empty_tile, encode_png, heatmap_rgba, image_media_type, sample
+from .tiles import COLORMAPS, TileIndex, coded, colour_tile, composite_tile, empty_tile, image_media_type
 
 STATIC_DIR = Path(__file__).with_name("static")
+CODES_CACHE_ENTRIES = 64
+"""Colour-coded layers kept (one byte a cell each): a 24-hour sweep of a composite fits."""
 
 
 def _request(payload: dict[str, Any]) -> ViewRequest:
@@ -60,6 +64,22 @@ def create_app(explorer: Explorer) -> Any:
     """The FastAPI app serving ``explorer``."""
     app = FastAPI(title="soundmap explore", docs_url=None, redoc_url=None)
     indexes: dict[int, TileIndex] = {}
+    codes_cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+    codes_lock = threading.Lock()
+
+    def codes_for(result: Any, layer: str, values: Any, scale: tuple[float, float]) -> Any:
+        """The colour codes of one layer of a result on one scale, made once (a few per result)."""
+        key = (result.key, layer, float(scale[0]), float(scale[1]))
+        with codes_lock:
+            if key in codes_cache:
+                codes_cache.move_to_end(key)
+                return codes_cache[key]
+        codes = coded(values(), *scale)
+        with codes_lock:
+            codes_cache[key] = codes
+            while len(codes_cache) > CODES_CACHE_ENTRIES:
+                codes_cache.popitem(last=False)
+        return codes
 
     def index_for(zoom: int) -> TileIndex:
         if zoom not in indexes:
@@ -131,20 +151,20 @@ def create_app(explorer: Explorer) -> Any:
         if not (index >= 0).any():
             return Response(empty_tile(), media_type="image/png", headers=headers)
         if layer == "uncertainty":
-            values = sample(explorer.uncertainty(result), index)
             lo, hi = result.uncertainty_range or (0.0, 1.0)
-            rgba = heatmap_rgba(values, lo if low is None else low, hi if high is None else high, colormap)
+            scale = (lo if low is None else low, hi if high is None else high)
+            codes = codes_for(result, "uncertainty", lambda: explorer.uncertainty(result), scale)
+            body = colour_tile(codes, index, colormap)
+        elif layer == "score" and result.scores.shape[0] == 3:
+            body = composite_tile([codes_for(result, f"q{q}", lambda q=q: result.scores[q], result.ranges[q])
+                                   for q in range(3)], index)
         elif layer == "score":
-            if result.scores.shape[0] == 3:
-                layers = [sample(result.scores[q], index) for q in range(3)]
-                rgba = composite_rgba(layers, result.ranges)
-            else:
-                lo, hi = result.ranges[0]
-                rgba = heatmap_rgba(sample(result.scores[0], index), lo if low is None else low,
-                                    hi if high is None else high, colormap)
+            lo, hi = result.ranges[0]
+            scale = (lo if low is None else low, hi if high is None else high)
+            body = colour_tile(codes_for(result, "q0", lambda: result.scores[0], scale), index, colormap)
         else:
             raise InputError(f"unknown layer {layer!r}; use score or uncertainty")
-        return Response(encode_png(rgba), media_type="image/png", headers=headers)
+        return Response(body, media_type="image/png", headers=headers)
 
     @app.get("/api/basemap/{z}/{x}/{y}")
     def basemap(z: int, x: int, y: int) -> Response:

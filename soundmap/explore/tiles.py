@@ -6,8 +6,10 @@ asks for web-mercator tiles, so every tile needs a reprojection. The grid never 
 explorer runs, only the values on it do, so the reprojection is done once per tile — the cell
 index of each of its 256 × 256 pixel centres (nearest cell: a cell is the data, nothing is
 interpolated) — and kept in a bounded cache; a tile of a new query is then an index lookup, a
-colour map and a PNG encode (a few milliseconds). Colour maps and their application come from
-rio-tiler (the maintained raster-tiling library); the PNG is written by Pillow at a low
+colour lookup and a PNG encode (a couple of milliseconds): values are turned into 8-bit colour
+codes once per result and scale, and a one-layer tile is a palette PNG (one byte a pixel). The
+colour maps are rio-tiler's (the maintained raster-tiling library); its per-request GDAL warp is
+not used, because the lookup above is what a fixed grid allows. Pillow writes the PNGs at a low
 compression level because encode time, not size, bounds a loopback tile's latency.
 """
 
@@ -77,57 +79,58 @@ class TileIndex:
         return bool((self.get(z, x, y) >= 0).any())
 
 
-def sample(values: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """The grid's values at a tile's pixels (NaN outside the grid)."""
-    flat = values.reshape(-1)
-    out = flat[np.clip(index, 0, None)].astype(np.float32, copy=False)
-    return np.where(index >= 0, out, np.nan)
-
-
-def scaled_uint8(values: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
-    """Values → 1..255 on [low, high] (clipped), and the mask of pixels that have a value."""
-    valid = np.isfinite(values)
+def coded(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """A grid's values as colour codes, flat, with one extra trailing 0: 0 = no value, 1..255 =
+    [low, high] (clipped). A tile's index −1 (outside the grid) then picks the trailing 0, so a
+    tile is one lookup ``codes[index]``. Computed once per result and scale, shared by its tiles."""
+    flat = np.asarray(values, dtype=np.float32).reshape(-1)
+    valid = np.isfinite(flat)
     span = (high - low) if high > low else 1.0
-    scaled = np.clip((np.nan_to_num(values, nan=low) - low) / span, 0.0, 1.0)
-    return (1 + np.round(scaled * 254)).astype(np.uint8), valid
+    scaled = np.clip((np.where(valid, flat, low) - low) / span, 0.0, 1.0)
+    codes = np.zeros(flat.size + 1, np.uint8)
+    codes[:-1] = np.where(valid, 1 + np.round(scaled * 254), 0).astype(np.uint8)
+    return codes
 
 
 def colormap_lut(name: str) -> np.ndarray:
-    """A 256 × 4 uint8 lookup table of rio-tiler's colour map ``name``."""
+    """A 256 × 4 uint8 table of rio-tiler's colour map ``name``."""
     from rio_tiler.colormap import cmap
 
     table = cmap.get(name)
     return np.array([table[i] for i in range(256)], dtype=np.uint8)
 
 
-_LUTS: dict[str, np.ndarray] = {}
+_PALETTES: dict[str, bytes] = {}
 
 
-def lut(name: str) -> np.ndarray:
-    if name not in _LUTS:
-        _LUTS[name] = colormap_lut(name)
-    return _LUTS[name]
+def palette(name: str) -> bytes:
+    """The PNG palette of colour map ``name`` for codes 0..255 (code 0 is made transparent).
+
+    Codes 1..255 take the colour map's entries spread over its 256 colours."""
+    if name not in _PALETTES:
+        lut = colormap_lut(name)
+        positions = np.concatenate([[0], np.round(np.linspace(0, 255, 255)).astype(int)])
+        _PALETTES[name] = lut[positions, :3].astype(np.uint8).tobytes()
+    return _PALETTES[name]
 
 
-def heatmap_rgba(values: np.ndarray, low: float, high: float, colormap: str) -> np.ndarray:
-    """One layer through a colour map; transparent where there is no value."""
-    from rio_tiler.colormap import apply_cmap
+def colour_tile(codes: np.ndarray, index: np.ndarray, colormap: str) -> bytes:
+    """One layer's tile: a palette PNG (1 byte a pixel, so it encodes in about a millisecond)."""
+    from PIL import Image
 
-    data, valid = scaled_uint8(values, low, high)
-    rgb, _ = apply_cmap(data[None], {i: tuple(int(v) for v in row) for i, row in enumerate(lut(colormap))})
-    alpha = np.where(valid, 255, 0).astype(np.uint8)
-    return np.dstack([np.moveaxis(rgb, 0, -1), alpha])
+    image = Image.fromarray(codes[index], mode="P")
+    image.putpalette(palette(colormap))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1, transparency=0)
+    return buffer.getvalue()
 
 
-def composite_rgba(layers: list[np.ndarray], ranges: list[tuple[float, float]]) -> np.ndarray:
-    """Three layers as red, green, blue, each on its own range (as ``--rgb``)."""
-    channels, valid = [], None
-    for values, (low, high) in zip(layers, ranges):
-        data, ok = scaled_uint8(values, low, high)
-        channels.append(data)
-        valid = ok if valid is None else valid & ok
-    alpha = np.where(valid, 255, 0).astype(np.uint8)
-    return np.dstack([*channels, alpha])
+def composite_tile(codes: list[np.ndarray], index: np.ndarray) -> bytes:
+    """Three layers as red, green, blue, each on its own range (as ``--rgb``); transparent where
+    any has no value."""
+    channels = [layer[index] for layer in codes]
+    alpha = np.where((channels[0] > 0) & (channels[1] > 0) & (channels[2] > 0), 255, 0).astype(np.uint8)
+    return encode_png(np.dstack([*channels, alpha]))
 
 
 def encode_png(rgba: np.ndarray) -> bytes:
