@@ -35,6 +35,7 @@ from ..query.normalize import sigma_l1
 from ..query.plan import MetadataSetting, QueryOptions, QueryPlan, make_plan, model_components
 # The workflow helpers (may move to soundmap.pipeline): zoom choice, model loading and checks.
 from ..query.workflow import FUSED_CACHE_DIR, check_model_matches_store, embedded_zooms, load_query_model
+from ..tiles.render import area_imagery
 
 EXPLORE_DIR = "explore"
 """Sub-directory of the workspace where the explorer keeps uploads and exports (nothing else is served)."""
@@ -154,6 +155,7 @@ class Explorer:
             check_model_matches_store(self.model, store)
         self.components = model_components(self.model)
         self.tile_cache = self.workspace.tile_cache(cache_dir)
+        self.imagery = area_imagery(self.workspace.source(), self.tile_cache)
         self.max_upload_bytes = max_upload_bytes
         self.max_audio_seconds = max_audio_seconds
         self.explore_dir = self.root / EXPLORE_DIR
@@ -491,7 +493,7 @@ class Explorer:
         with self._encode_lock:
             query = encode_queries(self.model, plan.queries)
         run_query(plan, model=self.model, store=self.stores[zoom], attribution=self.workspace.attribution,
-                  cache_root=self.root / FUSED_CACHE_DIR, query=query)
+                  cache_root=self.root / FUSED_CACHE_DIR, query=query, imagery=self.imagery)
         return out.with_suffix(".png") if kind == "png" else (out.with_name("soundmap_rgb.tif") if kind == "rgb"
                                                                 else out)
 
