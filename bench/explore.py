@@ -56,13 +56,17 @@ def build_parser() -> Any:
     p.add_argument("--sizes", default=None, help="grid sizes for the memory figure [default 10000,100000,1000000; "
                                                  "--quick 10000,100000]")
     p.add_argument("--queries", type=int, default=7, help="new texts timed (median)")
+    p.add_argument("--latency-cells", type=int, default=LATENCY_CELLS, help="grid size of the latency and tile figures")
+    p.add_argument("--text-tower", choices=("full", "tiny"), default="full",
+                   help="CLAP text tower: released size (RoBERTa-base) or the tests' toy one (smoke runs)")
     p.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # internal: the server process
     return p
 
 
 # ----------------------------------------------------------------------------- setup
-def build_text_model(root: Path) -> Path:
-    """A random-weight PSM with the released-size CLAP text tower, saved; returns its directory."""
+def build_text_model(root: Path, text_tower: str = "full") -> Path:
+    """A random-weight PSM with the released-size CLAP text tower (or the toy one), saved; returns
+    its directory."""
     import torch
 
     from soundmap.models.clap import full_text_config
@@ -71,7 +75,8 @@ def build_text_model(root: Path) -> Path:
 
     torch.manual_seed(0)
     name = "bench-explore-full-text"
-    model = SoundscapeModel(ModelConfig.tiny(name=name, text=full_text_config()), name=name,
+    config = ModelConfig.tiny(name=name, text=full_text_config()) if text_tower == "full" else ModelConfig.tiny(name=name)
+    model = SoundscapeModel(config, name=name,
                             weights_sha256=f"{name}-random")
     model.save(root / "model")
     return root / "model"
@@ -179,6 +184,7 @@ def query(client: Any, texts: list[str]) -> dict[str, Any]:
 
 
 def region_tiles(z: int) -> list[tuple[int, int, int]]:
+    """The web tiles over the benchmark region at zoom ``z``."""
     import mercantile
 
     west, south, east, north = (float(v) for v in REGION.split(","))
@@ -192,27 +198,37 @@ def first_tile(client: Any, key: str) -> None:
 
 
 # ----------------------------------------------------------------------------- measurements
-def measure_latency(client: Any, model: Any, runs: int) -> tuple[list[float], list[float]]:
-    """(query + first tile seconds, bare text forward seconds) for ``runs`` new texts, interleaved."""
+def server_cpu(server: "Server") -> float:
+    times = server._watched.cpu_times()
+    return times.user + times.system
+
+
+def measure_latency(client: Any, model: Any, runs: int, server: "Server") -> dict[str, list[float]]:
+    """Wall and CPU seconds of (a new text query + its first tile) in the server and of the bare
+    text forward in this process, for ``runs`` new texts, interleaved (the machine is shared:
+    CPU time is what other users' load stretches least)."""
     import torch
 
-    queries, forwards = [], []
+    out: dict[str, list[float]] = {"query": [], "query_cpu": [], "forward": [], "forward_cpu": []}
     for i in range(runs):
         text = f"birds singing near water number {i}"
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), server_cpu(server)
         result = query(client, [text])
         first_tile(client, result["key"])
-        queries.append(time.perf_counter() - start)
+        out["query"].append(time.perf_counter() - start)
+        out["query_cpu"].append(server_cpu(server) - cpu)
         with torch.inference_mode():
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             model.encode_text([f"traffic and people talking number {i}"])
-            forwards.append(time.perf_counter() - start)
-    return queries, forwards
+            out["forward"].append(time.perf_counter() - start)
+            out["forward_cpu"].append(time.process_time() - cpu)
+    return out
 
 
-def measure_tiles(url: str, client: Any) -> list[float]:
+def measure_tiles(url: str, client: Any, server: "Server") -> tuple[list[float], float]:
     """Per-request latency of 8 concurrent clients fetching the region's tiles of a fresh result,
-    after one warm-up pass (the first view of the map computes each tile's cell lookup once)."""
+    after one warm-up pass (the first view of the map computes each tile's cell lookup once), and
+    the server's CPU milliseconds per tile over the concurrent phase."""
     import httpx
 
     tiles = region_tiles(10) + region_tiles(11)
@@ -234,9 +250,10 @@ def measure_tiles(url: str, client: Any) -> list[float]:
                 with lock:
                     latencies.append(elapsed)
 
+    cpu = server_cpu(server)
     with ThreadPoolExecutor(CLIENTS) as pool:
         list(pool.map(worker, range(CLIENTS)))
-    return latencies
+    return latencies, 1000 * (server_cpu(server) - cpu) / len(latencies)
 
 
 def p95(values: list[float]) -> float:
@@ -255,15 +272,15 @@ def main(argv: list[str] | None = None) -> Figures:
 
     quiet_progress()
     sizes = [int(s) for s in (args.sizes or ("10000,100000" if args.quick else "10000,100000,1000000")).split(",")]
-    if LATENCY_CELLS not in sizes:
-        sizes.append(LATENCY_CELLS)
+    if args.latency_cells not in sizes:
+        sizes.append(args.latency_cells)
     sizes.sort()
-    figures = Figures(f"explore, released-size CLAP text tower, tiny fusion (512 wide), {device_description('cpu')}")
+    figures = Figures(f"explore, {'released-size' if args.text_tower == 'full' else 'toy'} CLAP text tower, tiny fusion (512 wide), {device_description('cpu')}")
     peaks: dict[int, int] = {}
     with tempfile.TemporaryDirectory(prefix="soundmap-bench-explore-") as tmp:
         root = Path(tmp)
         clap = write_clap_files(root / "clap")
-        model = load(build_text_model(root), clap)
+        model = load(build_text_model(root, args.text_tower), clap)
         for n in sizes:
             workspace = build_workspace(root, model, n)
             server = Server({"workspace": str(workspace), "model": str(root / "model"), "clap": str(clap)})
@@ -276,14 +293,19 @@ def main(argv: list[str] | None = None) -> Figures:
                     cells = synthetic_grid(n).rows * synthetic_grid(n).cols
                     figures.add(f"cells_{n}", cells)
                     figures.add(f"fuse_setting_s_{n}", fuse_s)
-                    if n == LATENCY_CELLS:
-                        queries, forwards = measure_latency(client, model, args.queries)
-                        figures.add("query_first_tile_s", statistics.median(queries), "<= 1")
-                        figures.add("text_forward_s", statistics.median(forwards))
-                        figures.add("query_cost_ratio", statistics.median(queries) / statistics.median(forwards),
+                    if n == args.latency_cells:
+                        timings = {k: statistics.median(v) for k, v in
+                                   measure_latency(client, model, args.queries, server).items()}
+                        figures.add("query_first_tile_s", timings["query"], "<= 1")
+                        figures.add("text_forward_s", timings["forward"])
+                        figures.add("query_cost_ratio", timings["query"] / timings["forward"], "<= 1.5")
+                        figures.add("query_cpu_s", timings["query_cpu"])
+                        figures.add("text_forward_cpu_s", timings["forward_cpu"])
+                        figures.add("query_cost_ratio_cpu_time", timings["query_cpu"] / timings["forward_cpu"],
                                     "<= 1.5")
-                        latencies = measure_tiles(server.url, client)
+                        latencies, tile_cpu_ms = measure_tiles(server.url, client, server)
                         figures.add("tile_requests", len(latencies))
+                        figures.add("tile_server_cpu_ms", tile_cpu_ms)
                         figures.add("tile_p50_ms", 1000 * statistics.median(latencies))
                         figures.add("tile_p95_ms", 1000 * p95(latencies), "<= 50")
             finally:
