@@ -464,12 +464,7 @@ class _MapContext:
 
 def _plain_query(query: QuerySpec) -> str:
     """A query as a reader says it: “birds singing”, the sound of clip.wav, or both."""
-    parts = []
-    if query.audio is not None:
-        parts.append(f"the sound of {Path(query.audio).name}")
-    if query.text is not None:
-        parts.append(f"“{query.text}”")
-    return " + ".join(parts)
+    return query.describe(audio="the sound of {}", text="“{}”")
 
 
 def _map_title(plan: QueryPlan, context: _MapContext) -> str:
