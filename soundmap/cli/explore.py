@@ -33,10 +33,10 @@ def launch(workspace: Any, *, model: Optional[str] = None, port: int = 8765, hos
     """Load the workspace and model, print the URL and serve until Ctrl-C."""
     from ..explore.app import serve
     from ..explore.session import Explorer
-    from ..progress import info
 
-    if host not in LOOPBACK:
-        info(f"warning: listening on {host}: anyone who can reach this machine can use the map and upload files")
+    if host not in LOOPBACK:  # printed even under --quiet: it is about who can reach the server
+        typer.echo(f"soundmap: warning: listening on {host}: anyone who can reach this machine can use the map "
+                   "and upload files", err=True)
     explorer = Explorer(workspace, model=model, device=device, cache_dir=cache_dir)
     serve(explorer, host=host, port=port, open_browser=open_browser,
           on_ready=lambda url: typer.echo(f"soundmap explore: {url} (Ctrl-C to stop)"))

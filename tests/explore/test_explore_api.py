@@ -196,3 +196,43 @@ def test_bad_input_is_a_one_line_4xx_and_the_server_keeps_serving(live_explorer:
     result = wait_query(client, {"text": ["birds"], "hour": 12})  # still serving
     assert client.get(f"api/tiles/{result['key']}/11/1080/693.png").status_code == 200
     json.dumps(result)
+
+
+def test_hour_sweep_has_one_common_scale(live_explorer: LiveExplorer) -> None:
+    client = live_explorer.client
+    sweep = wait_query(client, {"text": ["birds"], "month": 6}, endpoint="api/sweep")
+    assert len(sweep["keys"]) == 24 and len(set(sweep["keys"])) == 24
+    results = [live_explorer.explorer.result(key) for key in sweep["keys"]]
+    low, high = sweep["ranges"][0]
+    assert low == min(r.ranges[0][0] for r in results) and high == max(r.ranges[0][1] for r in results)
+    assert [r.setting.hour for r in results] == list(range(24))
+    fixed = {"low": str(low), "high": str(high)}
+    common = [_region_tiles(live_explorer, key, **fixed) for key in sweep["keys"][:2]]
+    own = [_region_tiles(live_explorer, key) for key in sweep["keys"][:2]]
+    assert not np.array_equal(common[0], own[0])  # the common scale is applied, not each hour's own
+
+
+def test_score_zoom_and_metadata_switches(live_explorer: LiveExplorer) -> None:
+    client = live_explorer.client
+    csd = wait_query(client, {"text": ["birds"], "hour": 12})
+    cosine = wait_query(client, {"text": ["birds"], "hour": 12, "score": "cosine"})
+    assert csd["score"] == "csd" and cosine["score"] == "cosine"
+    assert csd["ranges"] != cosine["ranges"] and -1.0 <= cosine["ranges"][0][0] <= cosine["ranges"][0][1] <= 1.0
+    inat = wait_query(client, {"text": ["birds"], "hour": 12, "audio_source": "iNat", "caption_source": "qwen"})
+    assert inat["setting"] == {"audio_source": "iNat", "caption_source": "qwen", "latlon": "cell centre", "hour": 12}
+    no_latlon = wait_query(client, {"text": ["birds"], "hour": 12, "latlon": False})
+    assert "latlon" not in no_latlon["setting"] and no_latlon["ranges"] != csd["ranges"]
+    _assert_one_line_4xx(client.post("api/query", json={"text": ["birds"], "zoom": 3}), "zoom 3 has no embeddings")
+    _assert_one_line_4xx(client.post("api/query", json={"text": ["birds"], "audio_source": "radio"}),
+                         "unknown --audio-source")
+
+
+def test_too_long_clip_is_refused(live_explorer: LiveExplorer, tmp_path: Path) -> None:
+    import soundfile
+
+    path = tmp_path / "long.flac"
+    soundfile.write(path, sine_mix(40.0, 8_000), 8_000)  # small file, 40 s > the fixture's 30 s
+    assert path.stat().st_size < 2 * 2**20
+    response = live_explorer.client.post("api/upload", files={"file": ("long.flac", path.read_bytes(), "audio/flac")})
+    _assert_one_line_4xx(response, "over the 30 s limit")
+    assert list((Path(live_explorer.workspace) / "explore" / "uploads").iterdir()) == []  # nothing kept

@@ -44,11 +44,27 @@ def explore_command(query_env: QueryEnv, _built_query_workspace: _Built, monkeyp
         line = process.stdout.readline()
         match = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
         assert match, f"no URL printed: {line!r}"
+        _wait_up(match.group(1))
         yield match.group(1)
     finally:
         process.terminate()
         process.wait(timeout=20)
         log.close()
+
+
+def _wait_up(url: str) -> None:
+    """The URL is printed just before uvicorn starts listening: wait until it answers."""
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "api/info", timeout=10).status_code == 200:
+                return
+        except httpx.ConnectError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not answer"
+        time.sleep(0.1)
 
 
 def _map_pixels(page, path: Path) -> np.ndarray:
@@ -115,7 +131,42 @@ def test_page_queries_hours_and_clicks_in_headless_chromium(explore_command: str
             assert "lat " in text and "lon " in text
             page.wait_for_function("document.getElementById('cell-image').naturalWidth > 0", timeout=30_000)
             page.screenshot(path=str(shots / "page-click.png"))
+
+            link = page.url  # the URL holds the state: a new tab opened on it shows the same view
+            other = context.new_page()
+            other.goto(link)
+            other.wait_for_selector("body[data-ready='1']", timeout=30_000)
+            assert _wait_overlay(other, None) == page.evaluate("document.body.dataset.overlay")
+            assert other.input_value("#text") == "traffic noise" and other.input_value("#hour") == "22"
             assert not errors, errors
         finally:
             context.close()
     assert len(list(shots.glob("*.png"))) == 6
+
+
+def test_explore_binds_loopback_unless_host_is_given(query_env: QueryEnv, _built_query_workspace: _Built,
+                                                     monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Another interface only with --host, and then with a warning on stderr (even under --quiet)."""
+    import socket
+
+    import httpx
+
+    monkeypatch.setenv("SOUNDMAP_CACHE", str(_built_query_workspace.workspace.parent / "cache"))
+    install_models(_built_query_workspace.models)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.2", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "soundmap", "explore", "--workspace", str(query_env.workspace),
+                                "--port", str(port), "--host", "127.0.0.2", "--quiet"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        line = process.stdout.readline()
+        assert f"http://127.0.0.2:{port}/" in line
+        _wait_up(f"http://127.0.0.2:{port}/")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/api/info", timeout=5)
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=20)
+    assert "warning: listening on 127.0.0.2" in stderr
