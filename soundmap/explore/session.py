@@ -49,6 +49,9 @@ MAX_AUDIO_SECONDS = 120.0
 RESULT_CACHE_BYTES = 512 * 2**20
 """Query results kept in memory, least recently used dropped first."""
 
+PREPARED_SETTINGS = 48
+"""Prepared settings kept in memory (9 bytes a cell each): two days of hours."""
+
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{16}\.(wav|flac|ogg|mp3|aiff?|au)$")
 
 
@@ -300,16 +303,15 @@ class Explorer:
             if key in self._prepared:
                 return self._prepared[key]
             job = self._jobs.get(key)
-            if job is None or (job.finished and job.error is not None):
+            if job is not None and job.finished and job.error is not None:
+                del self._jobs[key]  # the next request retries
+                raise InputError(f"fusing {setting.label()} failed: {job.error}; send the query again to retry")
+            if job is None or job.finished:  # never started, or prepared and evicted since
                 store = self.stores[zoom]
                 job = PrepareJob(key=key, label=setting.label(), total=sum(1 for _ in store_blocks(
                     store, (slice(0, store.shape[0]), slice(0, store.shape[1])))))
                 self._jobs[key] = job
                 job.future = self._worker.submit(self._prepare, job, zoom, setting)
-            elif job.finished and key in self._prepared:
-                return self._prepared[key]
-        if job.error is not None:
-            raise InputError(f"fusing {setting.label()} failed: {job.error}")
         raise NotReady(job)
 
     def job(self, key: str) -> PrepareJob:
@@ -353,6 +355,8 @@ class Explorer:
             with self._lock:
                 self._prepared[job.key] = PreparedSetting(cache=cache, blocks=blocks, valid=valid, var_sum=var_sum,
                                                           sigma=sigma, sigma_range=sigma_range)
+                while len(self._prepared) > PREPARED_SETTINGS:  # re-preparing one is a fused-cache read
+                    self._prepared.pop(next(iter(self._prepared)))
         except Exception as exc:  # reported to the page through the job
             job.error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise
