@@ -46,6 +46,11 @@ MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_AUDIO_SECONDS = 120.0
 """Longest uploaded clip accepted (the model looks at ~10 s windows; longer clips only cost time)."""
 
+MU_MEMORY_BYTES = 256 * 2**20
+"""Fused means of the most recent setting kept in memory when they fit (a 100,000-cell region's
+take 200 MB): a query is then one matrix product instead of a read of every chunk. Larger regions
+are streamed chunk by chunk from the fused cache, so memory stays bounded whatever the size."""
+
 RESULT_CACHE_BYTES = 512 * 2**20
 """Query results kept in memory, least recently used dropped first."""
 
@@ -93,6 +98,8 @@ class PreparedSetting:
     var_sum: np.ndarray | None  # rows × cols float32 Σ exp(logvar) (probabilistic models)
     sigma: np.ndarray | None  # rows × cols float32 ‖σ‖₁ (NaN where no imagery)
     sigma_range: tuple[float, float] = (0.0, 0.0)
+    mu: np.ndarray | None = None  # n_valid × D fused means held in memory (small regions), else None
+    cells: np.ndarray | None = None  # flat grid index of each row of ``mu``
 
 
 @dataclass
@@ -143,7 +150,8 @@ class Explorer:
     """Everything the web app serves, for one workspace and one model."""
 
     def __init__(self, workspace: Any, *, model: Any = None, device: str = "cpu", cache_dir: Any = None,
-                 max_upload_bytes: int = MAX_UPLOAD_BYTES, max_audio_seconds: float = MAX_AUDIO_SECONDS) -> None:
+                 max_upload_bytes: int = MAX_UPLOAD_BYTES, max_audio_seconds: float = MAX_AUDIO_SECONDS,
+                 mu_memory_bytes: int = MU_MEMORY_BYTES) -> None:
         from ..store.embeddings import open_embedding_store
         from ..workspace import Workspace  # may move to soundmap.pipeline
 
@@ -161,6 +169,7 @@ class Explorer:
         self.imagery = area_imagery(self.workspace.source(), self.tile_cache)
         self.max_upload_bytes = max_upload_bytes
         self.max_audio_seconds = max_audio_seconds
+        self.mu_memory_bytes = mu_memory_bytes
         self.explore_dir = self.root / EXPLORE_DIR
         self._digests: dict[int, str] = {}
         self._prepared: dict[str, PreparedSetting] = {}
@@ -343,9 +352,26 @@ class Explorer:
             sigma = np.full((rows, cols), np.nan, np.float32) if probabilistic else None
             blocks = []
             window = (slice(0, rows), slice(0, cols))
+            n_valid = int(np.count_nonzero(store.valid_mask()))
+            dim = int(self.model.config.fc_dim)
+            in_memory = n_valid * dim * 4 <= self.mu_memory_bytes
+            if in_memory:
+                with self._lock:  # one setting's means in memory at a time
+                    for other in self._prepared.values():
+                        other.mu = other.cells = None
+            mu = np.empty((n_valid, dim), np.float32) if in_memory else None
+            cells = np.empty(n_valid, np.int64) if in_memory else None
+            filled = 0
             for block in fused_blocks(self.model, store, setting, window, cache, FusionCounter()):
                 blocks.append((block.rows, block.cols))
                 valid[block.rows, block.cols] = block.valid
+                if mu is not None:
+                    local_r, local_c = np.nonzero(block.valid)
+                    count = min(len(local_r), n_valid - filled)
+                    mu[filled:filled + count] = block.mu[local_r[:count], local_c[:count]]
+                    cells[filled:filled + count] = (local_r[:count] + block.rows.start) * cols + \
+                        local_c[:count] + block.cols.start
+                    filled += count
                 if block.logvar is not None:
                     var_sum[block.rows, block.cols] = _variance_sum(block.logvar, block.valid)
                     sigma[block.rows, block.cols] = np.where(block.valid, sigma_l1(block.logvar), np.nan)
@@ -353,8 +379,9 @@ class Explorer:
             finite = sigma[np.isfinite(sigma)] if sigma is not None else np.zeros(0)
             sigma_range = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
             with self._lock:
-                self._prepared[job.key] = PreparedSetting(cache=cache, blocks=blocks, valid=valid, var_sum=var_sum,
-                                                          sigma=sigma, sigma_range=sigma_range)
+                self._prepared[job.key] = PreparedSetting(
+                    cache=cache, blocks=blocks, valid=valid, var_sum=var_sum, sigma=sigma, sigma_range=sigma_range,
+                    mu=mu[:filled] if mu is not None else None, cells=cells[:filled] if cells is not None else None)
                 while len(self._prepared) > PREPARED_SETTINGS:  # re-preparing one is a fused-cache read
                     self._prepared.pop(next(iter(self._prepared)))
         except Exception as exc:  # reported to the page through the job
@@ -414,6 +441,17 @@ class Explorer:
         out = np.full((len(plan.queries), rows, cols), np.nan, np.float32)
         query_mu = query.mu.float().cpu()
         query_var = variance_sum(query.logvar.cpu()) if plan.score == "csd" else None
+        mu, cells = prepared.mu, prepared.cells
+        if mu is not None and cells is not None:  # the means are in memory: one product for all cells
+            with torch.inference_mode():
+                tensor = torch.from_numpy(mu)
+                if query_var is None:
+                    values = cosine_similarity(query_mu, tensor)
+                else:
+                    cell_var = torch.from_numpy(prepared.var_sum.reshape(-1)[cells])
+                    values = -csd_from_parts(query_mu @ tensor.T, query_var, cell_var)
+            out.reshape(len(plan.queries), -1)[:, cells] = values.reshape(len(plan.queries), -1).numpy()
+            return out
         with torch.inference_mode():
             for block_rows, block_cols in prepared.blocks:
                 valid = prepared.valid[block_rows, block_cols]

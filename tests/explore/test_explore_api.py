@@ -236,3 +236,24 @@ def test_too_long_clip_is_refused(live_explorer: LiveExplorer, tmp_path: Path) -
     response = live_explorer.client.post("api/upload", files={"file": ("long.flac", path.read_bytes(), "audio/flac")})
     _assert_one_line_4xx(response, "over the 30 s limit")
     assert list((Path(live_explorer.workspace) / "explore" / "uploads").iterdir()) == []  # nothing kept
+
+
+def test_streamed_and_in_memory_scoring_agree(query_env) -> None:
+    """Regions too large for the in-memory means are scored chunk by chunk from the fused cache:
+    same scores either way (CSD and cosine)."""
+    from soundmap.explore.session import Explorer, ViewRequest
+
+    in_memory = Explorer(query_env.workspace)
+    streamed = Explorer(query_env.workspace, mu_memory_bytes=0)
+    try:
+        for score in ("csd", "cosine"):
+            request = ViewRequest(texts=("birds", "rain"), hour=9, score=score)
+            setting = in_memory.plan(request).settings[0]
+            in_memory.wait(1, setting)
+            streamed.wait(1, setting)
+            assert in_memory.prepared(1, setting).mu is not None and streamed.prepared(1, setting).mu is None
+            np.testing.assert_allclose(in_memory.query(request).scores, streamed.query(request).scores,
+                                       rtol=1e-5, atol=1e-6)
+    finally:
+        in_memory.close()
+        streamed.close()
