@@ -9,7 +9,9 @@ import typer
 
 from .common import CacheDirOpt, DeviceOpt, QuietOpt, WorkspaceOpt, apply_quiet, model_option
 
-EXPLORE_HELP = """Explore a workspace's soundscape map in the browser: type queries, drag the hour and month sliders, click a cell to see its score, rank and the imagery the model saw, export the view as a COG or PNG.
+EXPLORE_HELP = """Explore a workspace's soundscape map in the browser (a local web page).
+
+Type queries, drag the hour and month sliders, click a cell to see its score, rank and the imagery the model saw, export the view as a COG or PNG.
 
 The server listens on 127.0.0.1 only (other machines cannot reach it) unless --host names another interface. Everything it serves comes from the package and the workspace; the page works offline.
 
