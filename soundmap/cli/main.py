@@ -36,6 +36,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "estimate",
     "train",
     "doctor",
+    "explore",
 )
 
 

@@ -139,6 +139,7 @@ def map_command(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Download the default model and large tile sets without asking.")] = False,
     tiles_config: TilesConfigOpt = None, fused_cache: FusedCacheOpt = True, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto", quiet: QuietOpt = False, subcell: SubcellOpt = False,
+    explore: Annotated[bool, typer.Option("--explore", help="Then open the map in `soundmap explore` (127.0.0.1:8765).")] = False,
 ) -> None:
     from ..query.workflow import map_region
 
@@ -149,26 +150,16 @@ def map_command(
                         confirm=_confirm, device=device, cache_dir=cache_dir, stride=stride, fused_cache=fused_cache,
                         tiles_config=tiles_config)
     _report(result)
+    if subcell or explore:
+        from .explore import launch, map_workspace_path
+
+        ws_path = map_workspace_path(bbox, source, zoom, stride, workspace, cache_dir, tiles_config)
     if subcell:
-        typer.echo(str(_map_subcell(bbox, options, source=source, zoom=zoom, model=model, workspace=workspace,
-                                    stride=stride, tiles_config=tiles_config, device=device, cache_dir=cache_dir)))
+        from ..query.subcell import subcell_for_workspace
 
-
-def _map_subcell(bbox: str, options, *, source: str, zoom: Optional[int], model: Optional[str],
-                 workspace: Optional[Path], stride: Optional[float], tiles_config: Optional[Path], device: str,
-                 cache_dir: Optional[Path]) -> Path:
-    """``map --subcell``: the sub-cell COG of the workspace the map just filled."""
-    from ..geo.bbox import parse_bbox
-    from ..query.subcell import subcell_for_workspace
-    from ..query.workflow import default_map_zoom, map_workspace_dir
-    from ..tiles.sources import resolve_source
-
-    if workspace is None:
-        box = parse_bbox(bbox)
-        tile_source = resolve_source(source, config_path=tiles_config)
-        level = int(zoom) if zoom is not None else default_map_zoom(box)
-        workspace = map_workspace_dir(box, tile_source, level, stride, cache_dir)
-    return subcell_for_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir)
+        typer.echo(str(subcell_for_workspace(ws_path, options, model=model, device=device, cache_dir=cache_dir)))
+    if explore:
+        launch(ws_path, model=model, open_browser=True, cache_dir=cache_dir)
 
 
 def _confirm(question: str) -> bool:

@@ -27,9 +27,21 @@ def closed_form_sampled_distance(mu_p: torch.Tensor, logvar_p: torch.Tensor,
     ranks need it — in float32 the Σ exp(v) terms (≈ 9 for σ² ≈ e⁻⁴) absorb dot-product
     differences below ~1e-6 and turn them into ties. Maps keep the float32 default.
     """
-    var_p = logvar_p.float().exp().to(precision).sum(dim=-1)
-    var_q = logvar_q.float().exp().to(precision).sum(dim=-1)
+    var_p = variance_sum(logvar_p, precision)
+    var_q = variance_sum(logvar_q, precision)
     dot = mu_p.float().to(precision) @ mu_q.float().to(precision).T
+    return csd_from_parts(dot, var_p, var_q)
+
+
+def variance_sum(logvar: torch.Tensor, precision: torch.dtype = torch.float32) -> torch.Tensor:
+    """``Σ exp(v)`` per row: the only part of a side's log-variances the closed-form distance uses,
+    so a caller scoring many queries against the same cells can compute it once per cell."""
+    return logvar.float().exp().to(precision).sum(dim=-1)
+
+
+def csd_from_parts(dot: torch.Tensor, var_p: torch.Tensor, var_q: torch.Tensor) -> torch.Tensor:
+    """The closed-form sampled distance from its parts: dot products of unit means (P × Q) and
+    the two sides' :func:`variance_sum` (P,) and (Q,)."""
     return 2.0 - 2.0 * dot + var_p[:, None] + var_q[None, :]
 
 

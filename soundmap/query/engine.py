@@ -30,7 +30,8 @@ from ..geo.grid import window_for_bbox
 from ..progress import progress
 from ..scratch import scratch_prefix, sweep_stale
 from ..raster.cog import PendingOutputs, RasterGeometry, ScratchRaster, block_windows, gdal_env, to_uint8
-from ..raster.preview import Panel, read_decimated, write_gif, write_png
+from ..raster.preview import (MapLayer, Panel, decimated_geometry, describe_setting, read_decimated, write_gif,
+                              write_map_png)
 from .fused_cache import FusedCache, fused_cache_key, store_fingerprint
 from .normalize import PERCENTILE_DEFAULT, RunningRange, Scale, StreamingHistogram, sigma_l1
 from .plan import MetadataSetting, QueryPlan, QuerySpec
@@ -292,13 +293,15 @@ def _open_cache(plan_setting: MetadataSetting, *, cache_root: Path | None, model
 
 
 def run_query(plan: QueryPlan, *, model: Any, store: Any, attribution: str = "", cache_root: Path | None = None,
-              batch: int = FUSE_BATCH, query: Any = None, blocks: Any = None) -> QueryResult:
+              batch: int = FUSE_BATCH, query: Any = None, blocks: Any = None, imagery: Any = None) -> QueryResult:
     """Make every output of ``plan`` from an embedding ``store`` with ``model``.
 
     ``cache_root`` is where fused embeddings are cached (``<workspace>/fused``); None disables it.
     ``query`` is the already encoded queries (:func:`encode_queries`), to fail early on bad audio
     before expensive work; encoded here when None. ``blocks`` replaces :func:`fused_blocks` (same
     signature): :mod:`soundmap.distributed.query` passes one that fuses on a Dask cluster.
+    ``imagery`` (:func:`soundmap.tiles.render.area_imagery`) draws the region's imagery under the
+    ``--png`` quick-look; without it the heatmap is drawn alone.
     """
     grid = store.grid
     zoom = int(getattr(grid, "zoom", plan.zoom or 0))
@@ -326,7 +329,8 @@ def run_query(plan: QueryPlan, *, model: Any, store: Any, attribution: str = "",
         if outputs.rgb:
             _write_rgb(plan, raw_path, scales, scratch_dir, pending, tags, geometry)
         if outputs.png:
-            _write_png(plan, raw_cog, scales, pending, attribution)
+            _write_png(plan, raw_cog, scales, pending, attribution,
+                       _MapContext(model_name=str(getattr(model, "name", "")), grid=grid, imagery=imagery))
         if outputs.gif:
             _write_gifs(plan, raw_cog, scales, pending, attribution)
         paths = pending.destinations
@@ -474,20 +478,73 @@ def _preview_title(plan: QueryPlan, q: int | None = None) -> str:
     return f"{labels} — {len(settings)} steps ({settings[0].label()} … {settings[-1].label()})"
 
 
-def _write_png(plan: QueryPlan, raw_path: Path, scales: list[Scale], pending: PendingOutputs, attribution: str) -> None:
-    panels = []
-    for q, query in enumerate(plan.queries):
-        for s, setting in enumerate(plan.settings):
-            values = scales[q].apply(read_decimated(raw_path, plan.band_index(q, s)))
-            title = query.label if len(plan.settings) == 1 else f"{query.label} | {setting.label()}"
-            if len(plan.queries) == 1 and len(plan.settings) > 1:
-                title = setting.label()
-            panels.append(Panel(values, title))
-    cols = len(plan.settings) if len(plan.settings) > 1 else min(len(plan.queries), 4)
-    cols = min(cols, 6)
+@dataclass(frozen=True)
+class _MapContext:
+    """What the map quick-look needs besides the scores: the model's name, the grid, the imagery."""
+
+    model_name: str
+    grid: Any
+    imagery: Any = None
+
+
+def _plain_query(query: QuerySpec) -> str:
+    """A query as a reader says it: “birds singing”, the sound of clip.wav, or both."""
+    return query.describe(audio="the sound of {}", text="“{}”")
+
+
+def _map_title(plan: QueryPlan, context: _MapContext) -> str:
+    """Plain words: what is heard where, when, by which model (no internal labels)."""
+    settings = plan.settings
+    months = sorted({s.month for s in settings if s.month is not None})
+    hours = sorted({s.hour for s in settings if s.hour is not None})
+    if len(settings) == 1:
+        when = describe_setting(settings[0].month, settings[0].hour)
+    else:
+        when = ", ".join(part for part in (
+            describe_setting(months[0], None) if len(months) == 1 else (f"{len(months)} months" if months else ""),
+            f"{hours[0]:02d}:00" if len(hours) == 1 else (f"{hours[0]:02d}:00–{hours[-1]:02d}:00" if hours else ""))
+            if part)
+    if plan.outputs.rgb:
+        what = "Red " + ", green ".join([_plain_query(plan.queries[0]), _plain_query(plan.queries[1])]) + \
+               ", blue " + _plain_query(plan.queries[2])
+    elif len(plan.queries) == 1:
+        what = f"Where {_plain_query(plan.queries[0])} is likely heard"
+    else:
+        what = "Where " + ", ".join(_plain_query(q) for q in plan.queries) + " are likely heard"
+    return f"{what} — {when} — model {context.model_name}"
+
+
+def _step_caption(setting: MetadataSetting) -> str:
+    return describe_setting(setting.month, setting.hour)
+
+
+def _write_png(plan: QueryPlan, raw_path: Path, scales: list[Scale], pending: PendingOutputs, attribution: str,
+               context: _MapContext) -> None:
+    """The map quick-look: the composite itself for ``--rgb``, else one map per query (or per
+    series step), over the region's imagery."""
+    geometry = decimated_geometry(raw_path)
+    layers = []
+    steps = plan.settings
+    for s, setting in enumerate(steps):
+        caption = _step_caption(setting) if len(steps) > 1 else ""
+        bands = [scales[q].apply(read_decimated(raw_path, plan.band_index(q, s))) for q in range(len(plan.queries))]
+        if plan.outputs.rgb:
+            layers.append(MapLayer(bands, caption))
+        else:
+            for q, values in enumerate(bands):
+                label = _plain_query(plan.queries[q]) if len(plan.queries) > 1 else ""
+                layers.append(MapLayer([values], " — ".join(p for p in (label, caption) if p)))
+    imagery = None
+    if context.imagery is not None:
+        found = context.imagery(context.grid, geometry.crs, geometry.transform, geometry.shape)
+        if found is not None and found[1].any():
+            rgb, covered = found
+            imagery = np.dstack([rgb, np.where(covered, 255, 0).astype(np.uint8)])
     label = f"score, {scales[0].method} normalised (higher = more likely heard)"
-    write_png(pending.temp_path(plan.outputs.png_path), panels, title=_preview_title(plan), attribution=attribution,
-              label=label, cols=cols)
+    write_map_png(pending.temp_path(plan.outputs.png_path), layers, geometry, title=_map_title(plan, context),
+                  attribution=attribution, label=label, imagery=imagery,
+                  rgb_labels=[_plain_query(q) for q in plan.queries] if plan.outputs.rgb else None,
+                  cols=min(len(layers), 6 if len(layers) > 4 else 4))
 
 
 def _write_gifs(plan: QueryPlan, raw_path: Path, scales: list[Scale], pending: PendingOutputs, attribution: str) -> None:

@@ -129,6 +129,11 @@ class FusedCache:
         valid = np.asarray(self._array("valid", None, create=False)[rows, cols]).astype(bool)
         return mu, logvar, valid
 
+    def read_mu(self, rows: slice, cols: slice) -> np.ndarray:
+        """Only the fused means of a cached block (scoring against precomputed per-cell variance
+        sums needs nothing else, which halves the bytes read for a probabilistic model)."""
+        return np.asarray(self._array("mu", 0, create=False)[rows, cols])
+
     def write(self, rows: slice, cols: slice, mu: np.ndarray, logvar: np.ndarray | None, valid: np.ndarray) -> None:
         """Store a fused block, then mark it done."""
         dim = mu.shape[-1]

@@ -199,11 +199,15 @@ class QuerySpec:
     @property
     def label(self) -> str:
         """Human label used in band descriptions, tags and titles."""
+        return self.describe()
+
+    def describe(self, audio: str = "audio: {}", text: str = "text: {}") -> str:
+        """The query in words: the audio file's name and the text, each in its template."""
         parts = []
         if self.audio is not None:
-            parts.append(f"audio: {Path(self.audio).name}")
+            parts.append(audio.format(Path(self.audio).name))
         if self.text is not None:
-            parts.append(f"text: {self.text}")
+            parts.append(text.format(self.text))
         return " + ".join(parts)
 
     def as_dict(self) -> dict[str, str]:

@@ -108,7 +108,8 @@ def query_workspace(workspace: Any, options: QueryOptions, *, model: Any = None,
     check_model_matches_store(loaded, store)
     plan = make_plan(options, loaded)
     cache_root = Path(ws.path) / FUSED_CACHE_DIR if fused_cache else None
-    return run_query(plan, model=loaded, store=store, attribution=ws.attribution, cache_root=cache_root)
+    return run_query(plan, model=loaded, store=store, attribution=ws.attribution, cache_root=cache_root,
+                     imagery=workspace_imagery(ws, cache_dir))
 
 
 def default_map_zoom(bbox: Any) -> int:
@@ -195,7 +196,15 @@ def map_region(bbox: Any, options: QueryOptions, *, source: str = MAP_DEFAULT_SO
 
     store = open_embedding_store(ws, zoom, model=loaded)
     cache_root = Path(ws.path) / FUSED_CACHE_DIR if fused_cache else None
-    return run_query(plan, model=loaded, store=store, attribution=ws.attribution, cache_root=cache_root, query=query)
+    return run_query(plan, model=loaded, store=store, attribution=ws.attribution, cache_root=cache_root, query=query,
+                     imagery=workspace_imagery(ws, cache_dir))
+
+
+def workspace_imagery(ws: Any, cache_dir: str | os.PathLike | None = None) -> Any:
+    """The workspace's own imagery (tile cache or raster), drawn under the ``--png`` quick-look."""
+    from ..tiles.render import area_imagery
+
+    return area_imagery(ws.source(), ws.tile_cache(cache_dir))
 
 
 def confirm_download(ws: Any, cache: Any, *, yes: bool, confirm: Callable[[str], bool]) -> None:

@@ -363,3 +363,59 @@ def render_cell(grid: Grid, row: int, col: int, source: Any, cache: TileGetter |
         raise TileError(f"imagery for cell ({row}, {col}) is {where}; run `soundmap tiles fetch` "
                         "for this region or pick a cell inside the imagery")
     return CellImage(pixels=pixels[0], bounds=grid.cell_bounds(row, col), crs=grid.crs)
+
+
+# -- a whole area, for map backgrounds ------------------------------------------------------------
+
+AREA_MAX_TILES = 400
+"""Most cached tiles mosaicked for one area image (~100 MB decoded); larger areas get none."""
+
+
+def render_area(grid: Grid, crs: str, transform: Affine, shape: tuple[int, int], source: Any,
+                cache: TileGetter | None, *, max_tiles: int = AREA_MAX_TILES) -> tuple[np.ndarray, np.ndarray] | None:
+    """The imagery under a raster of ``shape`` (rows, cols) with ``transform`` in ``crs``, as
+    (rows × cols × 3 uint8, covered mask), from the same tiles the cells were rendered from
+    (``grid``'s web-mercator zoom) or the same raster; averaged when downsampling. None when the
+    area needs more than ``max_tiles`` tiles (a map background must stay cheap)."""
+    from rasterio.warp import transform_bounds
+
+    height, width = shape
+    dst = np.zeros((4, height, width), dtype=np.uint8)
+    if source.kind == "file":
+        with _open_raster(str(source.url)) as dataset:
+            indexes = [1, 2, 3] if dataset.count >= 3 else [1, 1, 1]
+            reproject(np.concatenate([dataset.read(indexes), dataset.read_masks(1)[None]]), dst,
+                      src_transform=dataset.transform, src_crs=dataset.crs, dst_transform=transform,
+                      dst_crs=_crs(crs), resampling=Resampling.average, src_alpha=4, dst_alpha=4)
+    elif source.kind in ("xyz", "quadkey") and cache is not None:
+        import mercantile
+
+        z = web_mercator_zoom(source, grid)
+        west, south, east, north = transform_bounds(
+            _crs(crs), _crs("EPSG:4326"), transform.c, transform.f + transform.e * height,
+            transform.c + transform.a * width, transform.f, densify_pts=21)
+        corners = [mercantile.tile(west, north, z), mercantile.tile(min(east, 179.999999), max(south, -85.0), z)]
+        x_lo, y_lo = corners[0].x, corners[0].y
+        x_hi, y_hi = corners[1].x, corners[1].y
+        if (x_hi - x_lo + 1) * (y_hi - y_lo + 1) > max_tiles:
+            return None
+        tiles = _DecodedTiles(cache, source.cache_key, z, int(source.tile_size), {}, 2**62)
+        mosaic = _mosaic(tiles, x_lo, x_hi, y_lo, y_hi)
+        src_transform, src_crs = mosaic_georeference(z, x_lo, x_hi, y_lo, int(source.tile_size))
+        reproject(mosaic, dst, src_transform=src_transform, src_crs=src_crs, dst_transform=transform,
+                  dst_crs=_crs(crs), resampling=Resampling.average, src_alpha=4, dst_alpha=4)
+    else:
+        return None
+    return np.ascontiguousarray(np.moveaxis(dst[:3], 0, -1)), dst[3] > 0
+
+
+def area_imagery(source: Any, cache: TileGetter | None) -> Any:
+    """``imagery(grid, crs, transform, shape)`` → :func:`render_area`'s answer, or None when the
+    imagery cannot be read: what the query engine draws its quick-looks over."""
+    def imagery(grid: Grid, crs: str, transform: Affine, shape: tuple[int, int]) -> Any:
+        try:
+            return render_area(grid, crs, transform, shape, source, cache)
+        except TileError:
+            return None
+
+    return imagery

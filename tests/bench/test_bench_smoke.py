@@ -73,3 +73,12 @@ def test_estimate_bench_prints_its_figures(capsys: pytest.CaptureFixture[str], t
     assert figures["cells_ratio"] == "cells_ratio: 1"
     assert figures["tiles_ratio"] == "tiles_ratio: 1"
     assert figures["estimate_error"].endswith("(target <= 0.30)")
+
+
+def test_explore_bench_prints_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    load_bench("explore").main(["--sizes", "400", "--latency-cells", "400", "--queries", "1",
+                                "--text-tower", "tiny"])
+    figures = figure_lines(capsys.readouterr().out)
+    assert {"query_first_tile_s", "query_cost_ratio", "tile_p95_ms", "peak_rss_gib_400", "rss_growth"} <= figures.keys()
+    assert figures["tile_p95_ms"].endswith("(target <= 50)")
+    assert figures["query_cost_ratio"].endswith("(target <= 1.5)")

@@ -254,7 +254,7 @@ def test_an_interrupted_query_leaves_no_output(query_env: QueryEnv, capsys, tmp_
         def interrupted(*args, **kwargs):
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(engine, "write_png", interrupted)
+        monkeypatch.setattr(engine, "write_map_png", interrupted)
     out_dir = tmp_path / "out"
     code, _, stderr = soundmap(capsys, "query", "--workspace", query_env.workspace, "--out", out_dir / "m.tif",
                                "--text", "birds", "--uncertainty", "--normalize", "minmax", "--png", "--quiet")
