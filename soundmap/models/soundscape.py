@@ -29,15 +29,13 @@ import torch
 from torch import nn
 
 from soundmap.errors import InputError, ModelError
-from soundmap.models.config import ModelConfig
+from soundmap.models.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, read_config  # noqa: F401 (re-exported)
 from soundmap.models.embedding import Embedding
 from soundmap.models.fusion import MetadataFuser
 from soundmap.models.heads import ProbabilisticHeads
 from soundmap.models.vit import ImageEncoder
 from soundmap.preprocess.metadata import Metadata, MetaToken
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 #: Rows per fusion chunk: bounds memory for million-cell grids.
 FUSE_CHUNK = 8192
 
@@ -373,17 +371,6 @@ def _model_directory(name_or_path: str | os.PathLike, cache_dir: str | os.PathLi
         return named
     raise ModelError(f"model {str(name_or_path)!r} is not installed; see `soundmap models list`, then "
                      f"`soundmap models pull NAME` or `soundmap models import CKPT --name NAME`")
-
-
-def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, str]:
-    """The :class:`ModelConfig` and recorded weights SHA-256 of a model directory."""
-    path = Path(directory) / CONFIG_FILE
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelError(f"cannot read {path} ({err}); re-import the model") from None
-    sha = str(payload.pop("weights_sha256", ""))
-    return ModelConfig.from_dict(payload), sha
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = "auto", *,
