@@ -1,6 +1,6 @@
 """Embedding pipeline efficiency: the real embed loop against the bare image encoder.
 
-Figure: ``embed_efficiency`` = cells/s of :func:`soundmap.store.pipeline.embed_region` over cells
+Figure: ``embed_efficiency`` = cells/s of :func:`soundmap.pipeline.embed.embed_region` over cells
 whose tiles are already in the tile cache (rendering, preprocessing, encoding and Zarr writes all
 included) ÷ images/s of the bare image-encoder forward on pre-made normalised tensors — same model
 size (ViT-B/16 by default), batch size and device, measured side by side in one run. The bare
@@ -53,7 +53,7 @@ def bare_encoder_rate(model: Any, device: Any, batch_size: int, n_images: int) -
     tensors, in batches of ``batch_size`` under the same autocast as the pipeline."""
     import torch
 
-    from soundmap.store.pipeline import encoder_autocast
+    from soundmap.pipeline.embed import encoder_autocast
 
     pixels = torch.randn(batch_size, 3, 224, 224, device=device)
     res = model.resolutions(ZOOM, batch_size).to(device)
@@ -70,8 +70,8 @@ def bare_encoder_rate(model: Any, device: Any, batch_size: int, n_images: int) -
 
 def main(argv: list[str] | None = None) -> Figures:
     args = build_parser().parse_args(argv)
-    from soundmap.store.pipeline import DEFAULT_BATCH_SIZE, embed_region, resolve_device
-    from soundmap.workspace import fetch_workspace
+    from soundmap.pipeline.embed import DEFAULT_BATCH_SIZE, embed_region, resolve_device
+    from soundmap.pipeline.workspace import fetch_workspace
 
     quiet_progress()
     device = resolve_device(args.device)

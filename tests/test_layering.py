@@ -110,7 +110,7 @@ def arrows(path: Path) -> list[Arrow]:
 
 
 def part_of(dotted: str) -> str | None:
-    """Top-level part of the package (``soundmap.store.pipeline`` → ``store``), None outside it."""
+    """Top-level part of the package (``soundmap.store.embeddings`` → ``store``), None outside it."""
     pieces = dotted.split(".")
     if pieces[0] != "soundmap":
         return None

@@ -1,7 +1,7 @@
 """``soundmap query`` and ``soundmap map``: soundscape heatmaps as Cloud-Optimised GeoTIFFs.
 
 Thin: parse options into :class:`~soundmap.query.plan.QueryOptions`, call
-:func:`~soundmap.query.workflow.query_workspace` / :func:`~soundmap.query.workflow.map_region`,
+:func:`~soundmap.pipeline.query.query_workspace` / :func:`~soundmap.pipeline.query.map_region`,
 print the files written (stdout, one per line).
 """
 
@@ -94,7 +94,7 @@ def query_command(
     resources: ResourcesOpt = None, store_url: StoreUrlOpt = None,
 ) -> None:
     from ..distributed.cluster import resolve_scheduler
-    from ..query.workflow import query_workspace
+    from ..pipeline.query import query_workspace
 
     apply_quiet(quiet)
     cluster = resolve_scheduler(scheduler, resources)
@@ -126,7 +126,7 @@ def map_command(
     tiles_config: TilesConfigOpt = None, fused_cache: FusedCacheOpt = True, workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto", quiet: QuietOpt = False,
 ) -> None:
-    from ..query.workflow import map_region
+    from ..pipeline.query import map_region
 
     apply_quiet(quiet)
     options = _options(out, text, audio, combine, month, hour, audio_source, caption_source, latlon, score,

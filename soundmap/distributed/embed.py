@@ -3,7 +3,7 @@
 How the work is cut, and why it is safe:
 
 - The grid is walked in the store's chunk-aligned blocks (one Zarr chunk of cells each), exactly
-  as the single-machine loop plans them (:func:`~soundmap.store.pipeline.plan_groups`: cells
+  as the single-machine loop plans them (:func:`~soundmap.pipeline.embed.plan_groups`: cells
   already embedded are skipped, cells outside the AOI are marked). One task owns one block, so no
   two tasks ever write the same chunk.
 - A task renders its cells from the tile cache (fetching tiles the cache lacks itself, under the
@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import InputError, TileError
 from ..progress import progress as progress_bar
 from ..store.embeddings import CHUNK_CELLS, CellState, EmbeddingStore, embedding_store_location, store_exists
-from ..store.pipeline import (EmbedReport, check_embed_options, count_cells, encode_batch, store_lock,
+from ..pipeline.embed import (EmbedReport, check_embed_options, count_cells, encode_batch, store_lock,
                               feature_dim, iter_groups, render_group_size, store_identity)
 from .cluster import ModelRef, model_directory, worker_model
 from .fetch import GlobalRateLimit
@@ -301,7 +301,7 @@ def _model_on_client(model: Any, family: str, cache_dir: str | os.PathLike | Non
     if model is not None and hasattr(model, "encode_image"):
         return model_directory(model, cache_dir=cache_dir, spill_dir=spill_dir), model
     if model is None:
-        from ..store.pipeline import default_model_name
+        from ..pipeline.embed import default_model_name
 
         model = default_model_name(family, cache_dir=cache_dir)
     directory = model_directory(model, cache_dir=cache_dir)
@@ -362,7 +362,7 @@ def embed_region_distributed(workspace: Any, zoom: int, model: Any = None, *, cl
                              max_downloads_per_second: float | None = None, retries: int = 2,
                              progress: bool = True, precision: str | None = None,
                              on_block: Callable[[BlockResult], None] | None = None) -> EmbedReport:
-    """:func:`soundmap.store.embed_region` on a Dask cluster (``client``): same store, same values.
+    """:func:`soundmap.pipeline.embed.embed_region` on a Dask cluster (``client``): same store, same values.
 
     ``device`` is resolved on each worker (``auto``: its GPU when it has one). ``model`` is a name,
     a model directory, or a loaded model (saved under the workspace for the workers when it has no
@@ -371,7 +371,7 @@ def embed_region_distributed(workspace: Any, zoom: int, model: Any = None, *, cl
     each worker's own copy. ``on_block`` is called with each block's :class:`BlockResult` as it
     arrives (progress hooks, tests).
     """
-    from ..workspace import Workspace
+    from ..pipeline.workspace import Workspace
 
     check_embed_options(batch_size=batch_size, dtype=dtype, precision=precision)
     ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)

@@ -97,14 +97,14 @@ def run_query_distributed(plan: Any, *, client: Any, model: Any, store: Any, att
 def query_workspace_distributed(workspace: Any, options: Any, *, client: Any, model: Any = None, device: str = "auto",
                                 cache_dir: str | os.PathLike | None = None, fused_cache: bool = True,
                                 resources: dict[str, float] | None = None) -> QueryResult:
-    """:func:`soundmap.query.workflow.query_workspace` with fusion on the cluster.
+    """:func:`soundmap.pipeline.query.query_workspace` with fusion on the cluster.
 
     The same checks in the same order (bad input fails before any model is loaded or task sent).
     """
     from ..query.plan import make_plan
-    from ..query.workflow import FUSED_CACHE_DIR, check_model_matches_store, choose_zoom, load_query_model
+    from ..pipeline.query import FUSED_CACHE_DIR, check_model_matches_store, choose_zoom, load_query_model
     from ..store.embeddings import open_embedding_store
-    from ..workspace import Workspace
+    from ..pipeline.workspace import Workspace
 
     make_plan(options)
     ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)

@@ -11,8 +11,9 @@ import numpy as np
 
 from soundmap.distributed.cluster import loaded_models
 from soundmap.distributed.embed import embed_region_distributed
-from soundmap.store import CellState, embed_region, open_embedding_store
-from soundmap.workspace import Workspace
+from soundmap.pipeline.embed import embed_region
+from soundmap.store import CellState, open_embedding_store
+from soundmap.pipeline.workspace import Workspace
 from tests.fixtures.embed_workspace import EMBED_ZOOM as Z, TINY_MODEL, fetch_test_workspace
 from tests.fixtures.tileserver import TileServer
 
@@ -99,7 +100,7 @@ def test_encoder_tasks_run_only_on_workers_with_the_resources(fetched_workspace:
 def test_block_tasks_fetch_the_tiles_the_cache_lacks(tile_server: TileServer, tmp_path: Path, tiny_model,
                                                      cluster_client) -> None:
     from soundmap.tiles.sources import resolve_source
-    from soundmap.workspace import plan_zoom
+    from soundmap.pipeline.workspace import plan_zoom
     from tests.fixtures.embed_workspace import EMBED_BBOX
 
     source = resolve_source("test-xyz", config_path=tile_server.write_tiles_yaml(tmp_path / "tiles.yaml"))

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import CacheError, InputError, ModelError, TileError
 from ..progress import info
 from ..progress import progress as progress_bar
-from .embeddings import (CHUNK_CELLS, STORAGE_DTYPES, CellState, EmbeddingStore, StoreIdentity, StoreLocation,
+from ..store.embeddings import (CHUNK_CELLS, STORAGE_DTYPES, CellState, EmbeddingStore, StoreIdentity, StoreLocation,
                          embedding_store_location, is_store_url, store_exists)
 
 #: Default images per forward pass: small on CPU (no gain from large batches, lower latency per
@@ -339,7 +339,7 @@ def prefetched(executor: ThreadPoolExecutor, fn: Callable[[Any], Any], items: It
 # --------------------------------------------------------------------------- the loop
 
 def _as_workspace(workspace: Any) -> Any:
-    from ..workspace import Workspace
+    from .workspace import Workspace
 
     if isinstance(workspace, Workspace):
         return workspace
@@ -348,7 +348,7 @@ def _as_workspace(workspace: Any) -> Any:
 
 def check_tiles_fetched(workspace: Any, zoom: int, cache: Any) -> None:
     """TileError (one line) when not one tile of the zoom's plan is cached: embed before fetch."""
-    from ..workspace import plan_zoom
+    from .workspace import plan_zoom
 
     source = workspace.source()
     if not source.is_remote:
@@ -401,7 +401,7 @@ def embed_region(workspace: Any, zoom: int, model: Any = None, *, batch_size: in
     The store is in the workspace directory, or under the workspace's store URL (``store_url``,
     else ``$SOUNDMAP_STORE_URL``, else the one recorded in the workspace: see
     :func:`~soundmap.store.embeddings.embedding_store_location`).
-    ``workspace`` is a :class:`~soundmap.workspace.Workspace` or its directory; ``model`` a loaded
+    ``workspace`` is a :class:`~soundmap.pipeline.workspace.Workspace` or its directory; ``model`` a loaded
     model, a model name/path, or None for the installed PSM model of the source's family.
     Resumes an existing store made with the same model, source, preprocessing and grid; refuses
     (CacheError) one made differently unless ``overwrite``. Cells without imagery are marked and

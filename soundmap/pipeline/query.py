@@ -13,8 +13,8 @@ from typing import Any
 
 from ..errors import CacheError, InputError, ModelError
 from ..progress import info
-from .engine import QueryResult, encode_queries, run_query
-from .plan import QueryOptions, make_plan
+from ..query.engine import QueryResult, encode_queries, run_query
+from ..query.plan import QueryOptions, make_plan
 
 FUSED_CACHE_DIR = "fused"
 """Sub-directory of a workspace holding cached fused embeddings."""
@@ -97,7 +97,7 @@ def query_workspace(workspace: Any, options: QueryOptions, *, model: Any = None,
     model-independent checks first, then the checks that need the model's metadata components.
     """
     from ..store.embeddings import open_embedding_store
-    from ..workspace import Workspace
+    from .workspace import Workspace
 
     make_plan(options)  # fail fast on hour 25, no query, --rgb with two queries, ...
     ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
@@ -153,9 +153,9 @@ def map_region(bbox: Any, options: QueryOptions, *, source: str = MAP_DEFAULT_SO
     the same region (another query, another hour) reuses its tiles, embeddings and fusions.
     """
     from ..geo.bbox import parse_bbox
-    from ..store.pipeline import embed_region
+    from .embed import embed_region
     from ..tiles.sources import resolve_source
-    from ..workspace import Workspace, fetch_workspace
+    from .workspace import Workspace, fetch_workspace
 
     box = parse_bbox(bbox) if isinstance(bbox, str) else bbox
     make_plan(options)
@@ -182,7 +182,7 @@ def map_region(bbox: Any, options: QueryOptions, *, source: str = MAP_DEFAULT_SO
 
 def confirm_download(ws: Any, cache: Any, *, yes: bool, confirm: Callable[[str], bool]) -> None:
     """Ask before a large download (as ``soundmap tiles fetch`` does); ``yes`` skips the question."""
-    from ..workspace import estimate_download, plan_zoom
+    from .workspace import estimate_download, plan_zoom
 
     estimate = estimate_download(ws.source(), [plan_zoom(ws, z) for z in ws.zooms], cache)
     if estimate.to_fetch <= MAP_CONFIRM_ABOVE_TILES or yes:
@@ -206,7 +206,7 @@ def map_workspace_dir(bbox: Any, source: Any, zoom: int, stride: float | None,
 
 def _map_workspace(path: Path, bbox: Any, source: Any, zoom: int, stride: float | None) -> Any:
     """Reuse the workspace at ``path`` when it is for the same region, else create it."""
-    from ..workspace import Workspace
+    from .workspace import Workspace
 
     if Workspace.exists(path):
         ws = Workspace.load(path)

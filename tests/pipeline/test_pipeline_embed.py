@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from soundmap.errors import CacheError
-from soundmap.store import CellState, embed_region, open_embedding_store
-from soundmap.store.pipeline import prefetched
+from soundmap.pipeline.embed import embed_region
+from soundmap.store import CellState, open_embedding_store
+from soundmap.pipeline.embed import prefetched
 from soundmap.tiles.render import render_cells
 from soundmap.tiles.sources import resolve_source
-from soundmap.workspace import Workspace, cells_lacking_imagery, plan_zoom
+from soundmap.pipeline.workspace import Workspace, cells_lacking_imagery, plan_zoom
 from tests.fixtures.embed_workspace import EMBED_BBOX, EMBED_ZOOM as Z, fetch_test_workspace
 from tests.fixtures.tileserver import TileServer
 
@@ -222,7 +223,7 @@ def test_cells_outside_the_aoi_are_marked_outside_and_never_rendered(
 
 
 def test_a_second_embed_on_the_same_store_fails_fast_while_the_first_runs(tmp_path: Path) -> None:
-    from soundmap.store.pipeline import exclusive_lock
+    from soundmap.pipeline.embed import exclusive_lock
 
     lock = tmp_path / "zoom1.zarr.lock"
     with exclusive_lock(lock):
