@@ -70,7 +70,8 @@ def bare_encoder_rate(model: Any, device: Any, batch_size: int, n_images: int) -
 
 def main(argv: list[str] | None = None) -> Figures:
     args = build_parser().parse_args(argv)
-    from soundmap.pipeline.embed import DEFAULT_BATCH_SIZE, embed_region, resolve_device
+    from soundmap.pipeline.embed import DEFAULT_BATCH_SIZE, embed_region
+    from soundmap.pipeline.models import resolve_device
     from soundmap.pipeline.workspace import fetch_workspace
 
     quiet_progress()

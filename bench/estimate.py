@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> Figures:
     args = build_parser().parse_args(argv)
     from soundmap.estimate import FetchAssumptions, Rates, calibrate, estimate_region
     from soundmap.geo.bbox import parse_bbox
-    from soundmap.pipeline.embed import resolve_device
+    from soundmap.pipeline.models import resolve_device
     from tests.fixtures.clap_files import write_clap_files
 
     quiet_progress()

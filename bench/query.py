@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> Figures:
         return Figures("child")
     import soundmap.query.engine  # noqa: F401  (import errors fail here, not after a long run)
     import soundmap.query.plan  # noqa: F401
-    from soundmap.pipeline.embed import resolve_device
+    from soundmap.pipeline.models import resolve_device
     from tests.fixtures.clap_files import write_clap_files
 
     quiet_progress()

@@ -493,7 +493,7 @@ def estimate(bbox: str | Any, zooms: Sequence[int], *, source: str | None = None
     """``soundmap estimate``: parse, resolve, get rates, count and time every zoom level."""
     from .families import check_zoom
     from .geo.bbox import parse_bbox
-    from .pipeline.embed import resolve_device
+    from .pipeline.models import resolve_device
     from .tiles.sources import resolve_source
 
     box = parse_bbox(bbox) if isinstance(bbox, str) else bbox

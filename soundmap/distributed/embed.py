@@ -301,7 +301,7 @@ def _model_on_client(model: Any, family: str, cache_dir: str | os.PathLike | Non
     if model is not None and hasattr(model, "encode_image"):
         return model_directory(model, cache_dir=cache_dir, spill_dir=spill_dir), model
     if model is None:
-        from ..pipeline.embed import default_model_name
+        from ..pipeline.models import default_model_name
 
         model = default_model_name(family, cache_dir=cache_dir)
     directory = model_directory(model, cache_dir=cache_dir)

@@ -102,7 +102,8 @@ def query_workspace_distributed(workspace: Any, options: Any, *, client: Any, mo
     The same checks in the same order (bad input fails before any model is loaded or task sent).
     """
     from ..query.plan import make_plan
-    from ..pipeline.query import FUSED_CACHE_DIR, check_model_matches_store, choose_zoom, load_query_model
+    from ..pipeline.models import load_query_model
+    from ..pipeline.query import FUSED_CACHE_DIR, check_model_matches_store, choose_zoom
     from ..store.embeddings import open_embedding_store
     from ..pipeline.workspace import Workspace
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from soundmap.errors import InputError, ModelError
 from soundmap.models.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, read_config  # noqa: F401 (re-exported)
+from soundmap.models.devices import resolve_device  # noqa: F401 (re-exported)
 from soundmap.models.embedding import Embedding
 from soundmap.models.fusion import MetadataFuser
 from soundmap.models.heads import ProbabilisticHeads
@@ -53,19 +54,6 @@ class Criterion(nn.Module):
             self.negative_scale = nn.Parameter(torch.full((1,), 5.0))
         else:
             self.tau = nn.Parameter(torch.ones(1))
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else as given (validated)."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("CUDA was requested but is not available; use --device cpu")
-    return resolved
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CacheError, InputError, ModelError, TileError
+from ..errors import CacheError, InputError, TileError
 from ..progress import info
 from ..progress import progress as progress_bar
 from ..store.embeddings import (CHUNK_CELLS, STORAGE_DTYPES, CellState, EmbeddingStore, StoreIdentity, StoreLocation,
                          embedding_store_location, is_store_url, store_exists)
+from .models import model_on_device, resolve_device, resolve_model
 
 #: Default images per forward pass: small on CPU (no gain from large batches, lower latency per
 #: flushed batch), large on GPU (throughput).
@@ -134,54 +135,6 @@ class CellCounts:
 
 
 # --------------------------------------------------------------------------- devices and models
-
-def resolve_device(device: str | Any = "auto") -> Any:
-    """``auto`` → CUDA when available, else CPU; an unavailable ``cuda`` is a one-line InputError."""
-    import torch
-
-    if isinstance(device, torch.device):
-        return device
-    text = str(device or "auto").strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device} asked for a GPU but torch sees no CUDA device; use --device cpu or auto")
-    try:
-        return torch.device(text)
-    except RuntimeError:
-        raise InputError(f"--device expects auto, cpu or cuda[:N], got {device!r}") from None
-
-
-def resolve_model(model: Any, *, family: str, device: Any, cache_dir: str | os.PathLike | None = None) -> Any:
-    """A loaded model: ``model`` itself when already loaded, else loaded by name/path (looked up
-    under ``--cache-dir`` first), else the installed PSM model of ``family``."""
-    if model is not None and hasattr(model, "encode_image"):
-        return model
-    from ..models.soundscape import load_model
-    from ..paths import model_dir
-
-    name = str(model) if model is not None else default_model_name(family, cache_dir=cache_dir)
-    installed = model_dir(cache_dir) / name
-    return load_model(installed if (installed / "config.json").is_file() else name, device=device)
-
-
-def default_model_name(family: str, *, cache_dir: str | os.PathLike | None = None) -> str:
-    """The installed PSM model trained on ``family`` imagery (preferring one that takes metadata,
-    the paper's headline models); ModelError naming the ``soundmap models pull`` to run if none."""
-    from ..families import get_family
-    from ..models.registry import installed_models, load_registry
-
-    wanted = get_family(family).name
-    candidates = [m for m in installed_models(cache_dir)
-                  if m.config.variant == "psm" and get_family(m.config.family).name == wanted]
-    if candidates:
-        return sorted(candidates, key=lambda m: (not m.config.metadata, m.name))[0].name
-    released = sorted((e for e in load_registry().entries.values() if e.variant == "psm" and e.family == wanted),
-                      key=lambda e: (not e.metadata, e.name))
-    suggestion = f"`soundmap models pull {released[0].name}`" if released else "`soundmap models pull NAME`"
-    raise ModelError(f"no PSM model for {wanted} imagery is installed; run {suggestion} "
-                     "(see `soundmap models list --available`) or pass --model NAME")
-
 
 def encoder_autocast(device: Any, precision: str = "auto") -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on CUDA (fp16 if the GPU has no bf16), nothing on CPU (fp32 is faster there)
@@ -418,7 +371,7 @@ def embed_region(workspace: Any, zoom: int, model: Any = None, *, batch_size: in
     check_tiles_fetched(ws, zoom, cache)
     target = resolve_device(device)
     model = resolve_model(model, family=source.family, device=target, cache_dir=cache_dir)
-    target = _model_device(model, target)
+    target = model_on_device(model, target)
     if precision is not None and hasattr(model, "set_precision"):
         model.set_precision(precision)
     batch_size = int(batch_size if batch_size is not None else DEFAULT_BATCH_SIZE.get(target.type, 8))
@@ -562,17 +515,6 @@ class _NullBar:
 
     def close(self) -> None:
         return None
-
-
-def _model_device(model: Any, wanted: Any) -> Any:
-    """The device the model's weights are on (moved there when the caller asked for another)."""
-    import torch
-
-    current = torch.device(getattr(model, "device", wanted))
-    if current.type != wanted.type:
-        model.to(wanted)
-        return wanted
-    return current
 
 
 def _open_store(path: StoreLocation, job: _EmbedJob, dtype: str, overwrite: bool, chunk_cells: int) -> EmbeddingStore:

@@ -15,6 +15,7 @@ from ..errors import CacheError, InputError, ModelError
 from ..progress import info
 from ..query.engine import QueryResult, encode_queries, run_query
 from ..query.plan import QueryOptions, make_plan
+from .models import load_named_model, load_query_model
 
 FUSED_CACHE_DIR = "fused"
 """Sub-directory of a workspace holding cached fused embeddings."""
@@ -54,23 +55,6 @@ def choose_zoom(workspace: Any, zoom: int | None, store_url: str | None = None) 
     if len(zooms) > 1:
         raise InputError(f"the workspace has embeddings at zooms {', '.join(map(str, zooms))}; pick one with --zoom")
     return zooms[0]
-
-
-def load_query_model(model: Any, store: Any, *, device: str = "auto", cache_dir: str | os.PathLike | None = None) -> Any:
-    """The model to query with: ``model`` if loaded, else by name, else the one that made the store."""
-    if model is not None and hasattr(model, "fuse"):
-        return model
-    name = str(model) if model is not None else str(store.identity.model_name)
-    return _load_model(name, device=device, cache_dir=cache_dir)
-
-
-def _load_model(name: str, *, device: str, cache_dir: str | os.PathLike | None) -> Any:
-    """Load an installed model by name (under ``--cache-dir`` when given) or from a directory."""
-    from ..models.soundscape import CONFIG_FILE, load_model
-    from ..paths import model_dir
-
-    installed = model_dir(cache_dir) / name
-    return load_model(installed if (installed / CONFIG_FILE).is_file() else name, device=device)
 
 
 def check_model_matches_store(model: Any, store: Any) -> None:
@@ -139,7 +123,7 @@ def ensure_map_model(model: Any, family: str, *, yes: bool, confirm: Callable[[s
             raise ModelError(f"model {name!r} is not installed; run `soundmap models pull {name}`, "
                              "pass --yes to pull it, or pass --model")
         registry.pull_model(name, cache_dir=cache_dir)
-    return _load_model(name, device=device, cache_dir=cache_dir)
+    return load_named_model(name, device=device, cache_dir=cache_dir)
 
 
 def map_region(bbox: Any, options: QueryOptions, *, source: str = MAP_DEFAULT_SOURCE, zoom: int | None = None,
