@@ -53,7 +53,7 @@ def bare_encoder_rate(model: Any, device: Any, batch_size: int, n_images: int) -
     tensors, in batches of ``batch_size`` under the same autocast as the pipeline."""
     import torch
 
-    from soundmap.pipeline.embed import encoder_autocast
+    from soundmap.pipeline.blocks import encoder_autocast
 
     pixels = torch.randn(batch_size, 3, 224, 224, device=device)
     res = model.resolutions(ZOOM, batch_size).to(device)
@@ -70,7 +70,8 @@ def bare_encoder_rate(model: Any, device: Any, batch_size: int, n_images: int) -
 
 def main(argv: list[str] | None = None) -> Figures:
     args = build_parser().parse_args(argv)
-    from soundmap.pipeline.embed import DEFAULT_BATCH_SIZE, embed_region
+    from soundmap.pipeline.blocks import DEFAULT_BATCH_SIZE
+    from soundmap.pipeline.embed import embed_region
     from soundmap.pipeline.models import resolve_device
     from soundmap.pipeline.workspace import fetch_workspace
 

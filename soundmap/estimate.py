@@ -328,7 +328,7 @@ def calibrate_encoder(device: Any, batch_size: int) -> float:
     from .models.config import ViTConfig
     from .models.vit import ImageEncoder
     from .preprocess.image import eval_transform
-    from .pipeline.embed import encoder_autocast
+    from .pipeline.blocks import encoder_autocast
 
     encoder = ImageEncoder(ViTConfig(), 512).to(device).eval()
     images = torch.randint(0, 256, (batch_size, 256, 256, 3), dtype=torch.uint8)
@@ -459,7 +459,7 @@ def _quiet() -> Iterator[None]:
 def calibrate(device: Any, source: Any, *, batch_size: int | None = None) -> Rates:
     """Measure this machine's rates (~10–30 s on CPU, a few seconds on a GPU)."""
     from .progress import info
-    from .pipeline.embed import DEFAULT_BATCH_SIZE
+    from .pipeline.blocks import DEFAULT_BATCH_SIZE
 
     info(f"calibrating rates on {device} (once per machine; cached) ...")
     batch = int(batch_size or DEFAULT_BATCH_SIZE.get(device.type, 8))

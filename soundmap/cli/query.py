@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import InputError
 from .common import ResourcesOpt, SchedulerOpt  # scale-out (soundmap.distributed)
 from .common import (BBoxOpt, CacheDirOpt, DeviceOpt, QuietOpt, RequiredBBoxOpt, SourceOpt, StrideOpt, TilesConfigOpt,
                      WorkspaceOpt, apply_quiet, model_option, zoom_option)
@@ -103,14 +102,11 @@ def query_command(
     if cluster is None:
         result = query_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir,
                                  fused_cache=fused_cache, store_url=store_url)
-    elif store_url is not None:
-        raise InputError("--store-url is not supported with --scheduler; record it with "
-                         "`soundmap embed --store-url` or set SOUNDMAP_STORE_URL instead")
     else:
         from ..distributed.query import query_on_cluster
 
         result = query_on_cluster(cluster, workspace, options, model=model, device=device, cache_dir=cache_dir,
-                                  fused_cache=fused_cache)
+                                  fused_cache=fused_cache, store_url=store_url)
     _report(result)
 
 

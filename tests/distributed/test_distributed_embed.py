@@ -120,15 +120,17 @@ def test_the_store_records_the_precision_the_encoding_workers_compute_in(tiny_mo
     import pytest
 
     from soundmap.distributed.cluster import ModelRef
-    from soundmap.distributed.embed import EmbedJob, _check_precision, encoder_precision
+    from soundmap.distributed.embed import EmbedJob, _check_precision, encoder_device_type, encoder_precision
     from soundmap.errors import InputError, ModelError
 
     # CPU-only workers under "auto" compute fp32; an explicit device or fp32 needs no question
-    assert encoder_precision(cluster_client, "auto", "auto", None) == "fp32"
-    assert encoder_precision(cluster_client, "cuda", "auto", None) == "bf16"
-    assert encoder_precision(cluster_client, "cuda", "fp32", None) == "fp32"
+    assert encoder_device_type(cluster_client, "auto", None) == "cpu"
+    assert encoder_device_type(cluster_client, "cuda:0", None) == "cuda"
+    assert encoder_precision("cpu", "auto") == "fp32"
+    assert encoder_precision("cuda", "auto") == "bf16"
+    assert encoder_precision("cuda", "fp32") == "fp32"
     with pytest.raises(InputError, match="--resources"):
-        encoder_precision(cluster_client, "auto", "auto", {"GPU": 1})  # no worker has a GPU
+        encoder_device_type(cluster_client, "auto", {"GPU": 1})  # no worker has a GPU
     # a worker that would write features of another precision than the store's refuses
     job = EmbedJob(store_path="unused", zoom=Z, grid=None, source=None, cache=None, model=ModelRef("unused", ""),
                    batch_size=2, image_precision="bf16")
