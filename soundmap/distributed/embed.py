@@ -102,13 +102,14 @@ def _fetch_missing_tiles(job: EmbedJob, cell_rows: np.ndarray, cell_cols: np.nda
             session.close()
 
 
-def render_block(job: EmbedJob, todo: BlockTodo) -> RenderedBlock:
-    """Task: render the block's cells still to embed (fetching missing tiles first)."""
+def render_block(job: EmbedJob, todo: BlockTodo, device: Any = None) -> RenderedBlock:
+    """Task: render the block's cells still to embed (fetching missing tiles first), on ``device``
+    (the encoder's, when one task renders and encodes; else this worker's CPU)."""
     store = EmbeddingStore.open(job.store_path)
     cell_rows, cell_cols, skipped = block_cells(store, todo)
     if job.fetch_missing:
         _fetch_missing_tiles(job, cell_rows, cell_cols)
-    render = make_renderer(job.grid, job.source, job.cache)
+    render = make_renderer(job.grid, job.source, job.cache, device=device)
     groups = [render(group) for group in block_groups(todo, cell_rows, cell_cols, render_group_size(job.batch_size))]
     return RenderedBlock(rows=todo.rows, cols=todo.cols, groups=groups, skipped=skipped)
 
@@ -145,7 +146,8 @@ def _check_precision(model: Any, job: EmbedJob) -> None:
 def embed_block(job: EmbedJob, todo: BlockTodo) -> BlockResult:
     """Task: render, encode and write one block on one worker (no image crosses the network)."""
     started = time.perf_counter()
-    result = encode_block(job, render_block(job, todo))
+    device = worker_model(job.model).device  # render straight onto the encoder's device
+    result = encode_block(job, render_block(job, todo, device))
     result.seconds = time.perf_counter() - started
     return result
 

@@ -167,9 +167,37 @@ def block_groups(todo: BlockTodo, cell_rows: np.ndarray, cell_cols: np.ndarray, 
 
 # --------------------------------------------------------------------------- render and encode
 
-def make_renderer(grid: Any, source: Any, cache: Any, pin_memory: bool = False) -> Callable[[CellGroup], RenderedGroup]:
-    """The function that renders a group: cells → uint8 images of the cells that have imagery."""
+#: Whether CPU runs render with the block renderer (torch) rather than GDAL per cell: set from
+#: bench/embed.py's side-by-side ``render_cpu_ms_per_cell`` (see bench/RESULTS.md). On CUDA the
+#: block renderer always runs, on the device, so rendered batches never cross to the host.
+BLOCK_RENDER_ON_CPU = True
+
+
+def uses_block_renderer(source: Any, device: Any) -> bool:
+    """Tile sources render with :mod:`soundmap.tiles.block_render` on CUDA (and on CPU when
+    :data:`BLOCK_RENDER_ON_CPU`); ``kind: file`` sources always take the GDAL path."""
+    if getattr(source, "kind", None) not in ("xyz", "quadkey"):
+        return False
+    return getattr(device, "type", str(device)) == "cuda" or BLOCK_RENDER_ON_CPU
+
+
+def make_renderer(grid: Any, source: Any, cache: Any, pin_memory: bool = False,
+                  device: Any = None) -> Callable[[CellGroup], RenderedGroup]:
+    """The function that renders a group: cells → uint8 images (on ``device`` with the block
+    renderer) of the cells that have imagery."""
     import torch
+
+    device = torch.device(device if device is not None else "cpu")
+    if uses_block_renderer(source, device):
+        from ..tiles.block_render import render_cells_torch
+
+        def render_block(group: CellGroup) -> RenderedGroup:
+            images, valid = render_cells_torch(grid, group.rows, group.cols, source, cache, device=device)
+            if not valid.all():
+                images = images[torch.as_tensor(np.flatnonzero(valid), device=device)]
+            return RenderedGroup(group=group, images=images, valid=valid)
+
+        return render_block
 
     from ..tiles.render import render_cells
 

@@ -296,7 +296,7 @@ def _embed_into(store: EmbeddingStore, job: _EmbedJob, progress: bool,
     report = EmbedReport(zoom=job.zoom, store_path=store.path, total_cells=job.grid.rows * job.grid.cols,
                          already_done=counts.already_done, outside=counts.outside,
                          model_name=str(job.model.name), device=str(job.device))
-    renderer = make_renderer(job.grid, job.source, job.cache, pin_memory=job.device.type == "cuda")
+    renderer = make_renderer(job.grid, job.source, job.cache, pin_memory=job.device.type == "cuda", device=job.device)
     started = time.perf_counter()
     bar = progress_bar(total=counts.todo, desc=f"embed zoom {job.zoom}", unit="cell") if progress else _NullBar()
     executor = ThreadPoolExecutor(max_workers=job.workers, thread_name_prefix="soundmap-render")

@@ -28,7 +28,6 @@ torch is imported inside the functions: ``soundmap tiles`` commands import this 
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from typing import Any
 
@@ -36,14 +35,17 @@ import numpy as np
 
 from ..geo.grid import Grid
 from ..geo.tileplan import cell_tile_outlines, ground_resolution, tile_ranges, touched_tiles, web_mercator_zoom
-from .render import (MARGIN_CELL_PX, WEB_MERCATOR_HALF_WORLD_M, TileGetter, _as_indices, decode_tile,
-                     render_cells)
+from .render import WEB_MERCATOR_HALF_WORLD_M, TileGetter, _as_indices, decode_tile, render_cells
 
 LATTICE = 16
 """Lattice intervals per cell side at which sampling positions are projected exactly (pyproj)."""
 
 MAX_MOSAIC_PX = 48 * 2**20
 """Largest mosaic (source pixels) rendered in one piece; more distant cells go to another piece."""
+
+BLOCK_MARGIN_CELL_PX = 6
+"""Cell pixels of imagery read beyond a footprint: more than the GDAL path's 3, so that the
+prefilter's edge effects (≤ 2 prefiltered px from the mosaic border) never reach a sample."""
 
 MIN_ALPHA = 0.5 / 255.0
 """Sampled alpha below which a pixel counts as uncovered (GDAL's uint8 alpha rounds to 0 there)."""
@@ -84,15 +86,16 @@ def _unwrap_x(x_lo: np.ndarray, x_hi: np.ndarray, n: int) -> np.ndarray:
     return np.round((centre[0] - centre) / n).astype(np.int64) * n
 
 
-def _pieces(x_lo: np.ndarray, x_hi: np.ndarray, y_lo: np.ndarray, y_hi: np.ndarray, tile_size: int,
-            start: int, stop: int) -> list[tuple[int, int]]:
-    """Cut cells [start, stop) (in order) into runs whose union mosaic fits :data:`MAX_MOSAIC_PX`."""
-    w = int(x_hi[start:stop].max() - x_lo[start:stop].min() + 1)
-    h = int(y_hi[start:stop].max() - y_lo[start:stop].min() + 1)
-    if w * h * tile_size * tile_size <= MAX_MOSAIC_PX or stop - start == 1:
-        return [(start, stop)]
-    mid = (start + stop) // 2
-    return _pieces(x_lo, x_hi, y_lo, y_hi, tile_size, start, mid) + _pieces(x_lo, x_hi, y_lo, y_hi, tile_size, mid, stop)
+def prefiltered_tile_px(z: int, tile_size: int, resolution_m: float, lat: np.ndarray) -> np.ndarray:
+    """Per cell, the side m in px a tile is prefiltered to: the cell's resolution at its latitude
+    (web-mercator metres per pixel grow as 1/cos φ), rounded to a whole number of px per tile.
+
+    Whole px per tile keeps the prefiltered pixel lattice aligned to the tile grid whatever the
+    mosaic's extent, so a cell renders the same in any group (resume, cluster, benchmark).
+    """
+    src_px = 2.0 * WEB_MERCATOR_HALF_WORLD_M / ((1 << z) * tile_size)
+    ratio = resolution_m / np.cos(np.radians(np.asarray(lat, dtype=np.float64))) / src_px
+    return np.where(ratio > 1.0, np.maximum(1, np.round(tile_size / np.maximum(ratio, 1.0))), tile_size).astype(np.int64)
 
 
 def _mosaic(tiles: _TileLRU, x0: int, x1: int, y0: int, y1: int) -> np.ndarray:
@@ -132,10 +135,61 @@ def sampling_lattice(grid: Grid, r: np.ndarray, c: np.ndarray) -> tuple[np.ndarr
     return mx, my
 
 
+BAND_ROWS, BAND_COLS = 2, 32
+"""Cells share a mosaic by fixed bands of the grid (2 rows × 32 columns: one 64-cell render group
+of a 32-cell store chunk). The mosaic's extent comes from the whole band, never from which cells
+of it a call renders: the sampling positions (float32) depend on the extent, so a cell renders
+bit-identically in any call — resumed runs, cluster blocks and one machine agree exactly."""
+
+
+def _ranges(grid: Grid, z: int, tile_size: int, r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Tile ranges (x unwrapped next to the first cell's) of cells' footprints plus the margin."""
+    tx, ty = cell_tile_outlines(grid, r, c, z)
+    _, lat = grid.centers_lonlat(r, c)
+    margin = BLOCK_MARGIN_CELL_PX * grid.resolution_m / (tile_size * ground_resolution(z, lat, tile_size))
+    x_lo, x_hi, y_lo, y_hi = tile_ranges(tx, ty, margin)
+    shift = _unwrap_x(x_lo, x_hi, 1 << z)
+    return x_lo + shift, x_hi + shift, y_lo, y_hi
+
+
+def _band_mosaics(grid: Grid, z: int, tile_size: int, key: np.ndarray, r: np.ndarray,
+                  c: np.ndarray) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """(mosaic tile ranges, which of the cells (r, c) it renders) for cells of one band and one
+    prefilter size; the extent covers every band cell of that size (halved by columns while it
+    exceeds :data:`MAX_MOSAIC_PX`), whatever subset is asked for."""
+    row0, col0 = int(key[0]) * BAND_ROWS, int(key[1]) * BAND_COLS
+    band_r, band_c = (a.ravel() for a in np.mgrid[row0:min(row0 + BAND_ROWS, grid.rows),
+                                                    col0:min(col0 + BAND_COLS, grid.cols)])
+    same = prefiltered_tile_px(z, tile_size, grid.resolution_m, grid.centers_lonlat(band_r, band_c)[1]) == key[2]
+    band_r, band_c = band_r[same], band_c[same]
+    x_lo, x_hi, y_lo, y_hi = _ranges(grid, z, tile_size, band_r, band_c)
+    pieces: list[tuple[tuple[int, int, int, int], np.ndarray]] = []
+
+    def split(lo: int, hi: int) -> None:  # band columns [lo, hi)
+        inside = (band_c >= lo) & (band_c < hi)
+        extent = (int(x_lo[inside].min()), int(x_hi[inside].max()), int(y_lo[inside].min()), int(y_hi[inside].max()))
+        area = (extent[1] - extent[0] + 1) * (extent[3] - extent[2] + 1) * tile_size * tile_size
+        if area > MAX_MOSAIC_PX and hi - lo > 1:
+            split(lo, (lo + hi) // 2)
+            split((lo + hi) // 2, hi)
+            return
+        part = np.flatnonzero((c >= lo) & (c < hi))
+        if part.size:
+            pieces.append((extent, part))
+
+    split(int(band_c.min()), int(band_c.max()) + 1)
+    return pieces
+
+
 def render_cells_torch(grid: Grid, rows: Any, cols: Any, source: Any, cache: TileGetter | None, *,
-                       device: Any = "cpu", max_decoded_mb: float = 512.0) -> tuple[Any, np.ndarray]:
+                       device: Any = "cpu", max_decoded_mb: float = 512.0,
+                       timings: dict[str, float] | None = None) -> tuple[Any, np.ndarray]:
     """Images of cells (rows[i], cols[i]) as a uint8 N × H × W × 3 tensor **on ``device``**, and the
-    valid mask (N,) bool (numpy). Same contract as :func:`~soundmap.tiles.render.render_cells`."""
+    valid mask (N,) bool (numpy). Same contract as :func:`~soundmap.tiles.render.render_cells`.
+
+    ``timings`` (benchmarks): ``kernel_cpu_s`` is increased by the process CPU time spent in the
+    warp kernels (prefilter, lattice resize, ``grid_sample``, un-premultiply) — the part that runs on
+    the accelerator when ``device`` is one; the rest of the call is host work."""
     import torch
 
     device = torch.device(device)
@@ -153,15 +207,9 @@ def render_cells_torch(grid: Grid, rows: Any, cols: Any, source: Any, cache: Til
     if r.size == 0:
         return out, valid
     z = web_mercator_zoom(source, grid)
-    n = 1 << z
     tile_size = int(source.tile_size)
     tx, ty = cell_tile_outlines(grid, r, c, z)
     cell_idx, tile_x, tile_y = touched_tiles(tx, ty)
-    _, lat = grid.centers_lonlat(r, c)
-    margin = MARGIN_CELL_PX * grid.resolution_m / (tile_size * ground_resolution(z, lat, tile_size))
-    x_lo, x_hi, y_lo, y_hi = tile_ranges(tx, ty, margin)
-    shift = _unwrap_x(x_lo, x_hi, n)
-    x_lo, x_hi = x_lo + shift, x_hi + shift
     tiles = _TileLRU(cache, source.cache_key, z, tile_size, int(max_decoded_mb * 2**20))
     needed_ok = np.ones(r.size, dtype=bool)
     for i, x, y in zip(cell_idx.tolist(), tile_x.tolist(), tile_y.tolist()):
@@ -170,48 +218,48 @@ def render_cells_torch(grid: Grid, rows: Any, cols: Any, source: Any, cache: Til
     todo = np.flatnonzero(needed_ok)
     if todo.size == 0:
         return out, valid
-    mx, my = sampling_lattice(grid, r[todo], c[todo])
-    for start, stop in _pieces(x_lo[todo], x_hi[todo], y_lo[todo], y_hi[todo], tile_size, 0, todo.size):
-        cells = todo[start:stop]
-        images, covered = _render_piece(tiles, z, tile_size, size, grid.resolution_m, lat[cells],
-                                        (int(x_lo[cells].min()), int(x_hi[cells].max()),
-                                         int(y_lo[cells].min()), int(y_hi[cells].max())),
-                                        mx[start:stop], my[start:stop], device)
-        index = torch.as_tensor(cells[covered], device=device)
-        out[index] = images[torch.as_tensor(np.flatnonzero(covered), device=device)]
-        valid[cells[covered]] = True
+    _, lat = grid.centers_lonlat(r, c)
+    prefiltered = prefiltered_tile_px(z, tile_size, grid.resolution_m, lat)
+    bands = np.stack([r // BAND_ROWS, c // BAND_COLS, prefiltered], axis=1)[todo]
+    for key in np.unique(bands, axis=0):
+        cells = todo[(bands == key).all(axis=1)]
+        for ranges, part in _band_mosaics(grid, z, tile_size, key, r[cells], c[cells]):
+            chosen = cells[part]
+            mx, my = sampling_lattice(grid, r[chosen], c[chosen])
+            images, covered = _render_piece(tiles, z, tile_size, size, int(key[2]), ranges, mx, my, device, timings)
+            index = torch.as_tensor(chosen[covered], device=device)
+            out[index] = images[torch.as_tensor(np.flatnonzero(covered), device=device)]
+            valid[chosen[covered]] = True
     return out, valid
 
 
-def _render_piece(tiles: _TileLRU, z: int, tile_size: int, size: int, resolution_m: float, lat: np.ndarray,
+def _render_piece(tiles: _TileLRU, z: int, tile_size: int, size: int, prefiltered: int,
                   ranges: tuple[int, int, int, int], mx: np.ndarray, my: np.ndarray,
-                  device: Any) -> tuple[Any, np.ndarray]:
+                  device: Any, timings: dict[str, float] | None = None) -> tuple[Any, np.ndarray]:
     """Warp the cells of one mosaic: (uint8 n × H × W × 3 on ``device``, covered mask (n,))."""
+    import time
+
     import torch
     import torch.nn.functional as F
 
     x0, x1, y0, y1 = ranges
     mosaic = torch.from_numpy(_mosaic(tiles, x0, x1, y0, y1)).to(device)
+    kernels_started = time.process_time()
     height, width = mosaic.shape[:2]
-    # prefilter to ~ the cells' resolution: web-mercator metres per target pixel over per source pixel
     src_px = 2.0 * WEB_MERCATOR_HALF_WORLD_M / ((1 << z) * tile_size)
-    ratio = resolution_m / math.cos(math.radians(float(np.mean(lat)))) / src_px
-    target = (max(1, round(height / ratio)), max(1, round(width / ratio))) if ratio > 1.0 else None
+    if not bool((mosaic[..., 3] == 255).all()):
+        # premultiply by alpha (in uint8: exact where alpha is 255, i.e. wherever a cell is valid)
+        alpha = mosaic[..., 3:4].to(torch.int32)
+        mosaic[..., :3] = ((mosaic[..., :3].to(torch.int32) * alpha + 127) // 255).to(torch.uint8)
     image = mosaic.permute(2, 0, 1).unsqueeze(0)            # 1 × 4 × H × W, channels-last in memory
-    if bool((mosaic[..., 3] == 255).all()):
-        # every pixel opaque (the usual case): resize the uint8 image directly (torch's fast path),
-        # alpha stays 1; premultiplying would change nothing
-        if target is not None:
-            image = F.interpolate(image, size=target, mode="bicubic", antialias=True, align_corners=False)
-        premultiplied = image.float()
-        premultiplied[:, 3] = 1.0
-    else:
-        premultiplied = image.float()
-        premultiplied[:, 3] /= 255.0
-        premultiplied[:, :3] *= premultiplied[:, 3:4]
-        if target is not None:
-            premultiplied = F.interpolate(premultiplied, size=target, mode="bicubic", antialias=True,
-                                          align_corners=False)
+    if prefiltered != tile_size:
+        # the antialiased bicubic resize of the eval transform (torch's uint8 fast path on CPU), to
+        # ``prefiltered`` px per tile ≈ the cells' resolution: GDAL's cubic stretches its kernel
+        # the same way when it downsamples
+        target = ((height // tile_size) * prefiltered, (width // tile_size) * prefiltered)
+        image = F.interpolate(image, size=target, mode="bicubic", antialias=True, align_corners=False)
+    premultiplied = image.float()
+    premultiplied[:, 3] /= 255.0
     del mosaic, image
     # sampling positions → normalised coordinates of the (prefiltered) mosaic (align_corners=False)
     left = -WEB_MERCATOR_HALF_WORLD_M + x0 * src_px * tile_size
@@ -221,7 +269,9 @@ def _render_piece(tiles: _TileLRU, z: int, tile_size: int, size: int, resolution
     mx = mx + np.round((left + span_x / 2.0 - mx) / world) * world       # unwrap to the mosaic
     gx = (mx - left) / span_x * 2.0 - 1.0
     gy = (top - my) / span_y * 2.0 - 1.0
+    host_started = time.process_time()
     lattice = torch.from_numpy(np.stack([gx, gy], axis=1)).to(device=device, dtype=torch.float32)
+    host_s = time.process_time() - host_started
     grid = F.interpolate(lattice, size=(size, size), mode="bilinear", align_corners=True)   # n × 2 × H × W
     n = grid.shape[0]
     grid = grid.permute(0, 2, 3, 1).reshape(1, n * size, size, 2)
@@ -232,4 +282,6 @@ def _render_piece(tiles: _TileLRU, z: int, tile_size: int, size: int, resolution
     covered = (alpha.amin(dim=(1, 2)) >= MIN_ALPHA).cpu().numpy()
     rgb = sampled[:3] / alpha.clamp_min(MIN_ALPHA)
     images = rgb.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 3, 0).contiguous()
+    if timings is not None:
+        timings["kernel_cpu_s"] = timings.get("kernel_cpu_s", 0.0) + time.process_time() - kernels_started - host_s
     return images, covered

@@ -101,3 +101,19 @@ def test_file_sources_keep_the_gdal_path(tmp_path: Path) -> None:
     new, new_valid = render_cells_torch(grid, rows, cols, source, None)
     assert old_valid.any() and (new_valid == old_valid).all()
     np.testing.assert_array_equal(new.numpy(), old)
+
+
+@pytest.mark.parametrize("region", ["50N", "antimeridian"])
+def test_a_cell_renders_the_same_in_any_group(region: str) -> None:
+    """Resumed runs, cluster blocks and one machine group cells differently: a cell's pixels must
+    not depend on its neighbours in the call (or on a missing tile that only they need)."""
+    grid = make_grid(REGIONS[region], "sentinel", 1)
+    rows, cols = _cells(grid)
+    tiles = TexturedTiles()
+    together, valid = render_cells_torch(grid, rows, cols, SOURCE, tiles)
+    assert valid.all()
+    for k in (0, len(rows) // 2, len(rows) - 1):
+        alone, _ = render_cells_torch(grid, rows[k:k + 1], cols[k:k + 1], SOURCE, tiles)
+        assert torch.equal(alone[0], together[k])
+    pair, _ = render_cells_torch(grid, rows[1:3], cols[1:3], SOURCE, tiles)
+    assert torch.equal(pair, together[1:3])
