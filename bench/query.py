@@ -62,6 +62,9 @@ def build_parser() -> Any:
     p.add_argument("--ratio-cells", type=int, default=None,
                    help="grid size for the RGB and 24-hour ratios [default: 20000; --quick 2000]")
     p.add_argument("--hours", type=int, default=24, help="steps of the time series")
+    p.add_argument("--full-model-cells", type=int, default=None,
+                   help="cells of the released-size-model text query (ViT-B/16, CLAP towers, 3-layer fusion; "
+                        "loaded as `soundmap query` loads it) [default: 1000000; 0 skips]")
     p.add_argument("--fusion", choices=("tiny", "full"), default="tiny", help="fusion transformer depth")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one measured subprocess
     return p
@@ -118,7 +121,13 @@ def run_one(model: Any, store_path: Path, options: Any) -> Any:
     return run_query(make_plan(options, model), model=model, store=store, cache_root=None)
 
 
-def load_saved_model(model_dir: str, clap_dir: str, device: str) -> Any:
+def load_saved_model(model_dir: str, clap_dir: str, device: str, parts: list[str] | None = None) -> Any:
+    """The saved model, whole, or only ``parts`` (as ``soundmap query`` loads it: a text query
+    takes fusion + the text branch, see soundmap.models.partial)."""
+    if parts:
+        from soundmap.models.partial import load_model_parts
+
+        return load_model_parts(model_dir, parts, device=device, clap_files=clap_dir)
     from soundmap.models.soundscape import load_model
 
     return load_model(model_dir, device=device, clap_files=clap_dir)
@@ -128,7 +137,7 @@ def child_main(spec_json: str) -> None:
     """Subprocess: one query at one size; prints a JSON line with its timings and RSS peak."""
     quiet_progress()
     spec = json.loads(spec_json)
-    model = load_saved_model(spec["model"], spec["clap"], spec["device"])
+    model = load_saved_model(spec["model"], spec["clap"], spec["device"], spec.get("parts"))
     options = query_options(Path(spec["out"]))
     seconds, result = timed(lambda: run_one(model, Path(spec["store"]), options), spec["device"])
     maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
@@ -187,6 +196,9 @@ def main(argv: list[str] | None = None) -> Figures:
         model = build_model("tiny", fusion=args.fusion, device=device)
         model.save(root / "model")
         model.clap_files = clap
+        full_cells = 1_000_000 if args.full_model_cells is None else args.full_model_cells
+        if full_cells:
+            full_model_rss(figures, root, clap, device, full_cells)
         for n in sizes:
             store = write_synthetic_store(root / f"store{n}.zarr", model, n)
             cells = store.shape[0] * store.shape[1]
@@ -220,6 +232,34 @@ def main(argv: list[str] | None = None) -> Figures:
     figures.add("series_per_hour_cost_ratio", series_s / args.hours / single_series, "<= 1.1")
     figures.print()
     return figures
+
+
+def full_model_rss(figures: Figures, root: Path, clap: Path, device: str, n_cells: int) -> None:
+    """Peak RSS of a text query with the released-size model (random weights), loaded as the
+    query command loads it (text branch + fusion + heads), beside the same query with the whole
+    model loaded."""
+    import torch
+
+    from soundmap.models.config import ModelConfig
+    from soundmap.models.partial import query_parts
+    from soundmap.models.soundscape import SoundscapeModel
+
+    torch.manual_seed(0)
+    full = SoundscapeModel(ModelConfig.full("psm", "sentinel", name="bench-released-size"),
+                           name="bench-released-size", weights_sha256="bench-released-size-random")
+    full.save(root / "full-model")
+    store = write_synthetic_store(root / "store-full.zarr", full, n_cells)
+    del full
+    cells = store.shape[0] * store.shape[1]
+    spec = {"model": str(root / "full-model"), "clap": str(clap), "device": device, "store": str(store.path),
+            "out": str(root / "full.tif")}
+    parts = run_child({**spec, "parts": list(query_parts([TEXT], []))})
+    whole = run_child(spec)
+    figures.add("full_model_query_cells", cells)
+    figures.add("query_peak_rss_gib_full_model_whole_load", whole["peak_rss"] / GIB)
+    figures.add("query_peak_rss_gib_full_model", parts["peak_rss"] / GIB, "<= 1.5")
+    print(f"# released-size model, {cells} cells: text parts {parts['seconds']:.1f} s / whole {whole['seconds']:.1f} s",
+          flush=True)
 
 
 def figures_value(figures: Figures, name: str) -> float:

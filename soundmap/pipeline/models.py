@@ -18,30 +18,38 @@ __all__ = ["default_model_name", "load_named_model", "load_query_model", "model_
            "resolve_model"]
 
 
-def load_named_model(name: str | os.PathLike, *, device: Any = "auto",
-                     cache_dir: str | os.PathLike | None = None) -> Any:
-    """An installed model by name (looked up under ``--cache-dir`` when given) or a model directory."""
+def load_named_model(name: str | os.PathLike, *, device: Any = "auto", cache_dir: str | os.PathLike | None = None,
+                     parts: tuple[str, ...] | None = None) -> Any:
+    """An installed model by name (looked up under ``--cache-dir`` when given) or a model
+    directory; only ``parts`` of it (:data:`soundmap.models.partial.PARTS`) when given."""
+    if parts is not None:
+        from ..models.partial import load_model_parts
+
+        return load_model_parts(name, parts, device=device, cache_dir=cache_dir)
     from ..models.soundscape import load_model
 
     return load_model(name, device=device, cache_dir=cache_dir)
 
 
 def resolve_model(model: Any, *, family: str, device: Any, cache_dir: str | os.PathLike | None = None) -> Any:
-    """The model to embed with: ``model`` itself when already loaded, else loaded by name/path,
-    else the installed PSM model of ``family`` (:func:`default_model_name`)."""
+    """The model to embed with: ``model`` itself when already loaded, else loaded by name/path
+    (its image encoder only: embedding uses nothing else), else the installed PSM model of
+    ``family`` (:func:`default_model_name`)."""
     if model is not None and hasattr(model, "encode_image"):
         return model
     name = str(model) if model is not None else default_model_name(family, cache_dir=cache_dir)
-    return load_named_model(name, device=device, cache_dir=cache_dir)
+    return load_named_model(name, device=device, cache_dir=cache_dir, parts=("image",))
 
 
-def load_query_model(model: Any, store: Any, *, device: Any = "auto",
-                     cache_dir: str | os.PathLike | None = None) -> Any:
-    """The model to query with: ``model`` if loaded, else by name, else the one that made ``store``."""
+def load_query_model(model: Any, store: Any, *, device: Any = "auto", cache_dir: str | os.PathLike | None = None,
+                     parts: tuple[str, ...] | None = None) -> Any:
+    """The model to query with: ``model`` if loaded, else by name, else the one that made ``store``;
+    only ``parts`` of it when given (a text query: fusion + text branch, see
+    :func:`soundmap.models.partial.query_parts`)."""
     if model is not None and hasattr(model, "fuse"):
         return model
     name = str(model) if model is not None else str(store.identity.model_name)
-    return load_named_model(name, device=device, cache_dir=cache_dir)
+    return load_named_model(name, device=device, cache_dir=cache_dir, parts=parts)
 
 
 def default_model_name(family: str, *, cache_dir: str | os.PathLike | None = None) -> str:

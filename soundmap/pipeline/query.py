@@ -87,7 +87,10 @@ def query_workspace(workspace: Any, options: QueryOptions, *, model: Any = None,
     ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
     zoom = choose_zoom(ws, options.zoom, store_url)
     store = open_embedding_store(ws, zoom, store_url=store_url)
-    loaded = load_query_model(model, store, device=device, cache_dir=cache_dir)
+    from ..models.partial import query_parts
+
+    loaded = load_query_model(model, store, device=device, cache_dir=cache_dir,
+                              parts=query_parts(options.texts, options.audios))  # e.g. no ViT for a text query
     check_model_matches_store(loaded, store)
     plan = make_plan(options, loaded)
     cache_root = Path(ws.path) / FUSED_CACHE_DIR if fused_cache else None
