@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from soundmap.errors import ModelError
-from soundmap.models.config import WEIGHTS_FILE, read_config
-from soundmap.models.soundscape import (SoundscapeModel, _clap_files_under, _model_directory, check_state_dict,
-                                        file_sha256, resolve_device)
+from soundmap.models.soundscape import (SoundscapeModel, _clap_files_under, check_state_dict, model_files,
+                                        resolve_device)
 
 #: The model's parts: the submodules (attribute names) each one is made of.
 PARTS: dict[str, tuple[str, ...]] = {
@@ -73,13 +72,7 @@ def load_model_parts(name_or_path: str | os.PathLike, parts: Iterable[str], devi
 
     chosen = _check_parts(parts)
     keep = tuple(module for part in chosen for module in PARTS[part])
-    directory = _model_directory(name_or_path, cache_dir)
-    config, sha = read_config(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ModelError(f"{weights} is missing; re-import the model")
-    if verify_hash and sha and file_sha256(weights) != sha:
-        raise ModelError(f"{weights} does not match its recorded SHA-256; re-import the model")
+    directory, config, sha, weights = model_files(name_or_path, cache_dir, verify_hash=verify_hash)
     target = resolve_device(device)
     prefixes = tuple(f"{module}." for module in keep)
     try:

@@ -361,6 +361,20 @@ def _model_directory(name_or_path: str | os.PathLike, cache_dir: str | os.PathLi
                      f"`soundmap models pull NAME` or `soundmap models import CKPT --name NAME`")
 
 
+def model_files(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
+                verify_hash: bool = False) -> tuple[Path, ModelConfig, str, Path]:
+    """(directory, config, recorded weights SHA-256, weights file) of an installed model, checked
+    (one-line ModelErrors): what every loader starts from."""
+    directory = _model_directory(name_or_path, cache_dir)
+    config, sha = read_config(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelError(f"{weights} is missing; re-import the model")
+    if verify_hash and sha and file_sha256(weights) != sha:
+        raise ModelError(f"{weights} does not match its recorded SHA-256; re-import the model")
+    return directory, config, sha, weights
+
+
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = "auto", *,
                clap_files: str | os.PathLike | None = None, verify_hash: bool = False,
                cache_dir: str | os.PathLike | None = None) -> SoundscapeModel:
@@ -369,13 +383,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    directory = _model_directory(name_or_path, cache_dir)
-    config, sha = read_config(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ModelError(f"{weights} is missing; re-import the model")
-    if verify_hash and sha and file_sha256(weights) != sha:
-        raise ModelError(f"{weights} does not match its recorded SHA-256; re-import the model")
+    directory, config, sha, weights = model_files(name_or_path, cache_dir, verify_hash=verify_hash)
     target = resolve_device(device)
     try:
         state = load_file(str(weights), device="cpu")
