@@ -234,22 +234,38 @@ def main(argv: list[str] | None = None) -> Figures:
     return figures
 
 
-def full_model_rss(figures: Figures, root: Path, clap: Path, device: str, n_cells: int) -> None:
-    """Peak RSS of a text query with the released-size model (random weights), loaded as the
-    query command loads it (text branch + fusion + heads), beside the same query with the whole
-    model loaded."""
+def _save_full_model(root: str, n_cells: int) -> None:
+    """Child process: the released-size model with random weights, saved, and its synthetic store."""
     import torch
 
     from soundmap.models.config import ModelConfig
-    from soundmap.models.partial import query_parts
     from soundmap.models.soundscape import SoundscapeModel
 
     torch.manual_seed(0)
     full = SoundscapeModel(ModelConfig.full("psm", "sentinel", name="bench-released-size"),
                            name="bench-released-size", weights_sha256="bench-released-size-random")
-    full.save(root / "full-model")
-    store = write_synthetic_store(root / "store-full.zarr", full, n_cells)
-    del full
+    full.save(Path(root) / "full-model")
+    write_synthetic_store(Path(root) / "store-full.zarr", full, n_cells)
+
+
+def full_model_rss(figures: Figures, root: Path, clap: Path, device: str, n_cells: int) -> None:
+    """Peak RSS of a text query with the released-size model (random weights), loaded as the
+    query command loads it (text branch + fusion + heads), beside the same query with the whole
+    model loaded."""
+    import multiprocessing
+
+    from soundmap.models.partial import query_parts
+
+    # built and saved in another process: a child forked from a parent holding the model would
+    # start with the parent's RSS as its high-water mark (Linux keeps ru_maxrss across fork/exec)
+    builder = multiprocessing.get_context("spawn").Process(target=_save_full_model, args=(str(root), n_cells))
+    builder.start()
+    builder.join()
+    if builder.exitcode != 0:
+        raise RuntimeError(f"building the released-size model failed ({builder.exitcode})")
+    from soundmap.store.embeddings import EmbeddingStore
+
+    store = EmbeddingStore.open(root / "store-full.zarr")
     cells = store.shape[0] * store.shape[1]
     spec = {"model": str(root / "full-model"), "clap": str(clap), "device": device, "store": str(store.path),
             "out": str(root / "full.tif")}

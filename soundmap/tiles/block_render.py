@@ -69,7 +69,7 @@ class _TileLRU:
         tile = None
         if 0 <= y < n:
             data = self.cache.get(self.source_key, self.z, key[0], y)
-            tile = decode_tile(data, self.tile_size) if data is not None else None
+            tile = decode_tile(data, self.tile_size, add_alpha=False) if data is not None else None
             self.decodes += 1
         self.tiles[key] = tile
         self.nbytes += tile.nbytes if tile is not None else 0
@@ -98,16 +98,27 @@ def prefiltered_tile_px(z: int, tile_size: int, resolution_m: float, lat: np.nda
     return np.where(ratio > 1.0, np.maximum(1, np.round(tile_size / np.maximum(ratio, 1.0))), tile_size).astype(np.int64)
 
 
-def _mosaic(tiles: _TileLRU, x0: int, x1: int, y0: int, y1: int) -> np.ndarray:
-    """H × W × 4 uint8 mosaic of tiles x0..x1 × y0..y1 (alpha 0 where a tile is absent)."""
+def _mosaic(tiles: _TileLRU, x0: int, x1: int, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H × W × 3 uint8 RGB, H × W alpha or None when every pixel is opaque) of the mosaic of
+    tiles x0..x1 × y0..y1; alpha is 0 where a tile is absent. RGB and alpha are kept apart so that
+    opaque tiles are copied whole rows at a time and no alpha band is built for them."""
     size = tiles.tile_size
-    out = np.zeros(((y1 - y0 + 1) * size, (x1 - x0 + 1) * size, 4), dtype=np.uint8)
+    rgb = np.zeros(((y1 - y0 + 1) * size, (x1 - x0 + 1) * size, 3), dtype=np.uint8)
+    alpha: np.ndarray | None = None
     for y in range(y0, y1 + 1):
         for x in range(x0, x1 + 1):
             tile = tiles.get(x, y)
-            if tile is not None:
-                out[(y - y0) * size:(y - y0 + 1) * size, (x - x0) * size:(x - x0 + 1) * size] = tile
-    return out
+            rows, cols = slice((y - y0) * size, (y - y0 + 1) * size), slice((x - x0) * size, (x - x0 + 1) * size)
+            opaque = tile is not None and tile.shape[2] == 3
+            if alpha is None and not opaque:
+                alpha = np.full(rgb.shape[:2], 255, dtype=np.uint8)
+            if tile is None:
+                alpha[rows, cols] = 0
+                continue
+            rgb[rows, cols] = tile[..., :3]
+            if alpha is not None:
+                alpha[rows, cols] = 255 if opaque else tile[..., 3]
+    return rgb, alpha
 
 
 def sampling_lattice(grid: Grid, r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -243,24 +254,29 @@ def _render_piece(tiles: _TileLRU, z: int, tile_size: int, size: int, prefiltere
     import torch.nn.functional as F
 
     x0, x1, y0, y1 = ranges
-    mosaic = torch.from_numpy(_mosaic(tiles, x0, x1, y0, y1)).to(device)
+    rgb_np, alpha_np = _mosaic(tiles, x0, x1, y0, y1)
+    rgb = torch.from_numpy(rgb_np).to(device)
     kernels_started = time.process_time()
-    height, width = mosaic.shape[:2]
+    height, width = rgb.shape[:2]
     src_px = 2.0 * WEB_MERCATOR_HALF_WORLD_M / ((1 << z) * tile_size)
-    if not bool((mosaic[..., 3] == 255).all()):
+    image = rgb.permute(2, 0, 1).unsqueeze(0)               # 1 × 3 × H × W, channels-last in memory
+    alpha = None
+    if alpha_np is not None:
         # premultiply by alpha (in uint8: exact where alpha is 255, i.e. wherever a cell is valid)
-        alpha = mosaic[..., 3:4].to(torch.int32)
-        mosaic[..., :3] = ((mosaic[..., :3].to(torch.int32) * alpha + 127) // 255).to(torch.uint8)
-    image = mosaic.permute(2, 0, 1).unsqueeze(0)            # 1 × 4 × H × W, channels-last in memory
+        alpha = torch.from_numpy(alpha_np).to(device)[None, None]
+        image = ((image.to(torch.int32) * alpha + 127) // 255).to(torch.uint8)
+    target = ((height // tile_size) * prefiltered, (width // tile_size) * prefiltered)
     if prefiltered != tile_size:
         # the antialiased bicubic resize of the eval transform (torch's uint8 fast path on CPU), to
         # ``prefiltered`` px per tile ≈ the cells' resolution: GDAL's cubic stretches its kernel
         # the same way when it downsamples
-        target = ((height // tile_size) * prefiltered, (width // tile_size) * prefiltered)
         image = F.interpolate(image, size=target, mode="bicubic", antialias=True, align_corners=False)
-    premultiplied = image.float()
+        if alpha is not None:
+            alpha = F.interpolate(alpha, size=target, mode="bicubic", antialias=True, align_corners=False)
+    ones = torch.full((1, 1, *image.shape[-2:]), 255, dtype=torch.uint8, device=device)
+    premultiplied = torch.cat([image, alpha if alpha is not None else ones], dim=1).float()
     premultiplied[:, 3] /= 255.0
-    del mosaic, image
+    del rgb, image, alpha, ones
     # sampling positions → normalised coordinates of the (prefiltered) mosaic (align_corners=False)
     left = -WEB_MERCATOR_HALF_WORLD_M + x0 * src_px * tile_size
     top = WEB_MERCATOR_HALF_WORLD_M - y0 * src_px * tile_size
