@@ -52,7 +52,7 @@ def build_parser() -> Any:
     p.add_argument("--model-size", choices=("full", "tiny"), default="full",
                    help="full = ViT-B/16 (the released image encoder); tiny = the tests' toy ViT")
     p.add_argument("--workers", type=int, default=None, help="render threads [default: the pipeline's]")
-    p.add_argument("--render-side", type=int, default=None, help="side of the rendered block [default: 16, --quick 8]")
+    p.add_argument("--render-side", type=int, default=None, help="side of the rendered block [default: √cells, at most 16: --quick 8]")
     p.add_argument("--skip-embed", action="store_true", help="only the render figures")
     p.add_argument("--peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS,
                    help="the GPU's dense bf16 peak, for the roofline fraction [default: H100/H200 SXM, 989]")
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> Figures:
         n_cells = args.cells or (64 if args.quick else 256)
     batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(device.type, 8)
     figures = Figures(f"embed pipeline vs bare encoder ({args.model_size} ViT, {device_description(str(device))})")
-    render_figures(figures, args.render_side or (8 if args.quick else 16))
+    render_figures(figures, args.render_side or max(2, min(16, math.isqrt(n_cells))))
     if args.skip_embed:
         figures.print()
         return figures

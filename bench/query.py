@@ -62,9 +62,10 @@ def build_parser() -> Any:
     p.add_argument("--ratio-cells", type=int, default=None,
                    help="grid size for the RGB and 24-hour ratios [default: 20000; --quick 2000]")
     p.add_argument("--hours", type=int, default=24, help="steps of the time series")
+    p.add_argument("--build-full-model", default=None, help=argparse.SUPPRESS)
     p.add_argument("--full-model-cells", type=int, default=None,
                    help="cells of the released-size-model text query (ViT-B/16, CLAP towers, 3-layer fusion; "
-                        "loaded as `soundmap query` loads it) [default: 1000000; 0 skips]")
+                        "loaded as `soundmap query` loads it) [default: the largest of --sizes; 0 skips]")
     p.add_argument("--fusion", choices=("tiny", "full"), default="tiny", help="fusion transformer depth")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one measured subprocess
     return p
@@ -180,6 +181,9 @@ def main(argv: list[str] | None = None) -> Figures:
     if args.child:
         child_main(args.child)
         return Figures("child")
+    if args.build_full_model:
+        _save_full_model(args.build_full_model)
+        return Figures("child")
     import soundmap.query.engine  # noqa: F401  (import errors fail here, not after a long run)
     import soundmap.query.plan  # noqa: F401
     from soundmap.pipeline.models import resolve_device
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> Figures:
         model = build_model("tiny", fusion=args.fusion, device=device)
         model.save(root / "model")
         model.clap_files = clap
-        full_cells = 1_000_000 if args.full_model_cells is None else args.full_model_cells
+        full_cells = max(sizes) if args.full_model_cells is None else args.full_model_cells
         if full_cells:
             full_model_rss(figures, root, clap, device, full_cells)
         for n in sizes:
@@ -234,10 +238,12 @@ def main(argv: list[str] | None = None) -> Figures:
     return figures
 
 
-def _save_full_model(root: str, n_cells: int) -> None:
+def _save_full_model(spec_json: str) -> None:
     """Child process: the released-size model with random weights, saved, and its synthetic store."""
     import torch
 
+    spec = json.loads(spec_json)
+    root, n_cells = spec["root"], int(spec["cells"])
     from soundmap.models.config import ModelConfig
     from soundmap.models.soundscape import SoundscapeModel
 
@@ -252,17 +258,14 @@ def full_model_rss(figures: Figures, root: Path, clap: Path, device: str, n_cell
     """Peak RSS of a text query with the released-size model (random weights), loaded as the
     query command loads it (text branch + fusion + heads), beside the same query with the whole
     model loaded."""
-    import multiprocessing
-
     from soundmap.models.partial import query_parts
 
     # built and saved in another process: a child forked from a parent holding the model would
     # start with the parent's RSS as its high-water mark (Linux keeps ru_maxrss across fork/exec)
-    builder = multiprocessing.get_context("spawn").Process(target=_save_full_model, args=(str(root), n_cells))
-    builder.start()
-    builder.join()
-    if builder.exitcode != 0:
-        raise RuntimeError(f"building the released-size model failed ({builder.exitcode})")
+    built = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--build-full-model",
+                            json.dumps({"root": str(root), "cells": n_cells})], capture_output=True, text=True)
+    if built.returncode != 0:
+        raise RuntimeError(f"building the released-size model failed ({built.returncode}):\n{built.stderr[-3000:]}")
     from soundmap.store.embeddings import EmbeddingStore
 
     store = EmbeddingStore.open(root / "store-full.zarr")
