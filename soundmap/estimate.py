@@ -384,13 +384,17 @@ def calibrate_render(source: Any, family: str, cells: int = CALIBRATION_RENDER_C
     """Seconds to render one zoom-1 cell from (synthetic) cached tiles, one thread."""
     from .geo.bbox import BBox
     from .geo.grid import make_grid
-    from .tiles.render import render_cells
+    from .pipeline.blocks import uses_block_renderer
 
+    if uses_block_renderer(source, "cpu"):  # what the embed loop renders with (measured on the CPU)
+        from .tiles.block_render import render_cells_torch as render_cells
+    else:
+        from .tiles.render import render_cells
     if not source.is_remote:
         return 0.0
     grid = make_grid(BBox(8.0, 45.0, 8.2, 45.1), family, 1)
-    rows = np.arange(cells) % grid.rows
-    cols = np.arange(cells) // grid.rows % grid.cols
+    rows = np.arange(cells) // grid.cols % grid.rows  # row-major, as the embed loop renders a block
+    cols = np.arange(cells) % grid.cols
     getter = _SyntheticTiles(int(source.tile_size))
     render_cells(grid, rows[:1], cols[:1], source, getter)  # warm-up: GDAL and PROJ set-up
     start = time.perf_counter()
