@@ -114,7 +114,7 @@ def loopback_source(server: Any, root: Path, name: str = "test-xyz") -> Any:
 
 def make_workspace(root: Path, source: Any, bbox: str, zooms: list[int]) -> Any:
     """A saved workspace for ``bbox`` on ``source`` (what `soundmap tiles fetch` records)."""
-    from soundmap.workspace import Workspace
+    from soundmap.pipeline.workspace import Workspace
 
     ws = Workspace.create(root / "ws", source=source, zooms=zooms, bbox=bbox)
     ws.save()

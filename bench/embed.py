@@ -1,6 +1,6 @@
 """Embedding pipeline efficiency: the real embed loop against the bare image encoder.
 
-Figure: ``embed_efficiency`` = cells/s of :func:`soundmap.store.pipeline.embed_region` over cells
+Figure: ``embed_efficiency`` = cells/s of :func:`soundmap.pipeline.embed.embed_region` over cells
 whose tiles are already in the tile cache (rendering, preprocessing, encoding and Zarr writes all
 included) ÷ images/s of the bare image-encoder forward on pre-made normalised tensors — same model
 size (ViT-B/16 by default), batch size and device, measured side by side in one run. The bare
@@ -9,6 +9,14 @@ the run affects both sides alike.
 
 Targets: >= 0.90 on CPU, >= 0.85 on CUDA. On CUDA the fraction of the card's bf16 roofline is
 printed too (ViT-B/16 at 224 px ≈ 17.6 GFLOPs per image).
+
+Rendering, side by side in the same run, over one block of textured JPEG tiles (in memory, so
+only decoding and warping are timed): ``render_cpu_ms_per_cell_gdal`` (today's per-cell GDAL
+cubic warp, process CPU time per cell) beside the block renderer's. The block renderer runs here
+on the CPU; its warp kernels (prefilter, lattice resize, ``grid_sample``, un-premultiply) are
+timed separately in process CPU time and subtracted, because on a GPU they run on the device:
+``render_cpu_ms_per_cell`` is the host-side share (tile decoding, mosaicking, pyproj lattices,
+bookkeeping) and ``projected_feed_cells_per_s_16_cores`` = 16 / that.
 
     python bench/embed.py --quick                # ~64 cells, ViT-B/16, CPU
     python bench/embed.py --device cuda --cells 4096
@@ -33,6 +41,7 @@ VIT_B16_GFLOPS_PER_IMAGE = 17.6
 #: Dense bf16 tensor-core peak of an H100/H200 SXM (TFLOP/s); override with --peak-tflops.
 DEFAULT_PEAK_TFLOPS = 989.0
 ZOOM = 1
+METRES_PER_DEGREE = 111_320.0
 TARGET = {"cpu": 0.90, "cuda": 0.85}
 
 
@@ -43,6 +52,8 @@ def build_parser() -> Any:
     p.add_argument("--model-size", choices=("full", "tiny"), default="full",
                    help="full = ViT-B/16 (the released image encoder); tiny = the tests' toy ViT")
     p.add_argument("--workers", type=int, default=None, help="render threads [default: the pipeline's]")
+    p.add_argument("--render-side", type=int, default=None, help="side of the rendered block [default: √cells, at most 16: --quick 8]")
+    p.add_argument("--skip-embed", action="store_true", help="only the render figures")
     p.add_argument("--peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS,
                    help="the GPU's dense bf16 peak, for the roofline fraction [default: H100/H200 SXM, 989]")
     return p
@@ -53,7 +64,7 @@ def bare_encoder_rate(model: Any, device: Any, batch_size: int, n_images: int) -
     tensors, in batches of ``batch_size`` under the same autocast as the pipeline."""
     import torch
 
-    from soundmap.store.pipeline import encoder_autocast
+    from soundmap.pipeline.blocks import encoder_autocast
 
     pixels = torch.randn(batch_size, 3, 224, 224, device=device)
     res = model.resolutions(ZOOM, batch_size).to(device)
@@ -68,10 +79,49 @@ def bare_encoder_rate(model: Any, device: Any, batch_size: int, n_images: int) -
     return batches * batch_size, seconds, cpu_seconds
 
 
+def render_figures(figures: Figures, side: int) -> None:
+    """Old (GDAL per cell) and new (block) renders of one side × side block of textured JPEG tiles."""
+    import time
+
+    import numpy as np
+
+    from soundmap.geo.bbox import BBox
+    from soundmap.geo.grid import make_grid
+    from soundmap.tiles.block_render import render_cells_torch
+    from soundmap.tiles.render import render_cells
+    from soundmap.tiles.sources import TileSource
+    from tests.fixtures.textured_tiles import TexturedTiles
+
+    source = TileSource(name="textured", kind="xyz", url="http://127.0.0.1:9/{z}/{x}/{y}.jpg", max_zoom=14)
+    footprint_deg = 2560.0 / METRES_PER_DEGREE
+    grid = make_grid(BBox(10.0, 50.0, 10.0 + side * footprint_deg * 1.55, 50.0 + side * footprint_deg), "sentinel", ZOOM)
+    rows, cols = (a.ravel() for a in np.indices((min(side, grid.rows), min(side, grid.cols))))
+    tiles = TexturedTiles(fmt="JPEG")
+    render_cells_torch(grid, rows, cols, source, tiles)  # synthesise and encode the tiles once (not timed)
+    started = time.process_time()
+    for start in range(0, rows.size, 64):  # today's render groups of 64 cells
+        render_cells(grid, rows[start:start + 64], cols[start:start + 64], source, tiles)
+    gdal_ms = (time.process_time() - started) / rows.size * 1e3
+    timings: dict[str, float] = {}
+    started = time.process_time()
+    render_cells_torch(grid, rows, cols, source, tiles, timings=timings)  # the whole block at once
+    block_ms = (time.process_time() - started) / rows.size * 1e3
+    kernel_ms = timings.get("kernel_cpu_s", 0.0) / rows.size * 1e3
+    host_ms = block_ms - kernel_ms
+    figures.add("render_cells", rows.size)
+    figures.add("render_cpu_ms_per_cell_gdal", gdal_ms)
+    figures.add("render_cpu_ms_per_cell_block_on_cpu", block_ms)
+    figures.add("render_warp_kernel_cpu_ms_per_cell", kernel_ms)
+    figures.add("render_cpu_ms_per_cell", host_ms, "<= 4")
+    figures.add("projected_feed_cells_per_s_16_cores", 16.0 / (host_ms / 1e3), ">= 4000")
+
+
 def main(argv: list[str] | None = None) -> Figures:
     args = build_parser().parse_args(argv)
-    from soundmap.store.pipeline import DEFAULT_BATCH_SIZE, embed_region, resolve_device
-    from soundmap.workspace import fetch_workspace
+    from soundmap.pipeline.blocks import DEFAULT_BATCH_SIZE
+    from soundmap.pipeline.embed import embed_region
+    from soundmap.pipeline.models import resolve_device
+    from soundmap.pipeline.workspace import fetch_workspace
 
     quiet_progress()
     device = resolve_device(args.device)
@@ -81,6 +131,10 @@ def main(argv: list[str] | None = None) -> Figures:
         n_cells = args.cells or (64 if args.quick else 256)
     batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(device.type, 8)
     figures = Figures(f"embed pipeline vs bare encoder ({args.model_size} ViT, {device_description(str(device))})")
+    render_figures(figures, args.render_side or max(2, min(16, math.isqrt(n_cells))))
+    if args.skip_embed:
+        figures.print()
+        return figures
     model = build_model(args.model_size, device=str(device))
     with tempfile.TemporaryDirectory(prefix="soundmap-bench-embed-") as tmp, tile_server() as server:
         root = Path(tmp)

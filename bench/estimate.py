@@ -46,8 +46,8 @@ def real_run(root: Path, server: Any, model: Any, n_cells: int, device: Any) -> 
     from soundmap.query.engine import run_query
     from soundmap.query.plan import QueryOptions, make_plan
     from soundmap.store.embeddings import open_embedding_store
-    from soundmap.store.pipeline import embed_region
-    from soundmap.workspace import fetch_workspace
+    from soundmap.pipeline.embed import embed_region
+    from soundmap.pipeline.workspace import fetch_workspace
 
     cache_dir = root / "cache"
     source = loopback_source(server, root)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> Figures:
     args = build_parser().parse_args(argv)
     from soundmap.estimate import FetchAssumptions, Rates, calibrate, estimate_region
     from soundmap.geo.bbox import parse_bbox
-    from soundmap.store.pipeline import resolve_device
+    from soundmap.pipeline.models import resolve_device
     from tests.fixtures.clap_files import write_clap_files
 
     quiet_progress()

@@ -93,7 +93,7 @@ def build_workspace(root: Path, model: Any, n_cells: int) -> Path:
     with a synthetic embedding store made by ``model``."""
     from soundmap.store.embeddings import embedding_store_path
     from soundmap.tiles.sources import TileSource
-    from soundmap.workspace import Workspace  # may move to soundmap.pipeline
+    from soundmap.pipeline.workspace import Workspace  # may move to soundmap.pipeline
 
     grid = synthetic_grid(n_cells)
     source = TileSource(name="synthetic", kind="xyz", url="http://127.0.0.1:9/{z}/{x}/{y}.png",

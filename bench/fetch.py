@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> Figures:
     from soundmap.tiles.cache import TileCache
     from soundmap.tiles.fetch import fetch_tiles
     from soundmap.tiles.sources import resolve_source
-    from soundmap.workspace import fetch_workspace, plan_zoom
+    from soundmap.pipeline.workspace import fetch_workspace, plan_zoom
 
     quiet_progress()
     n_tiles = args.tiles or (500 if args.quick else 1200)

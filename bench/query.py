@@ -62,6 +62,10 @@ def build_parser() -> Any:
     p.add_argument("--ratio-cells", type=int, default=None,
                    help="grid size for the RGB and 24-hour ratios [default: 20000; --quick 2000]")
     p.add_argument("--hours", type=int, default=24, help="steps of the time series")
+    p.add_argument("--build-full-model", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--full-model-cells", type=int, default=None,
+                   help="cells of the released-size-model text query (ViT-B/16, CLAP towers, 3-layer fusion; "
+                        "loaded as `soundmap query` loads it) [default: the largest of --sizes; 0 skips]")
     p.add_argument("--fusion", choices=("tiny", "full"), default="tiny", help="fusion transformer depth")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one measured subprocess
     return p
@@ -118,7 +122,13 @@ def run_one(model: Any, store_path: Path, options: Any) -> Any:
     return run_query(make_plan(options, model), model=model, store=store, cache_root=None)
 
 
-def load_saved_model(model_dir: str, clap_dir: str, device: str) -> Any:
+def load_saved_model(model_dir: str, clap_dir: str, device: str, parts: list[str] | None = None) -> Any:
+    """The saved model, whole, or only ``parts`` (as ``soundmap query`` loads it: a text query
+    takes fusion + the text branch, see soundmap.models.partial)."""
+    if parts:
+        from soundmap.models.partial import load_model_parts
+
+        return load_model_parts(model_dir, parts, device=device, clap_files=clap_dir)
     from soundmap.models.soundscape import load_model
 
     return load_model(model_dir, device=device, clap_files=clap_dir)
@@ -128,7 +138,7 @@ def child_main(spec_json: str) -> None:
     """Subprocess: one query at one size; prints a JSON line with its timings and RSS peak."""
     quiet_progress()
     spec = json.loads(spec_json)
-    model = load_saved_model(spec["model"], spec["clap"], spec["device"])
+    model = load_saved_model(spec["model"], spec["clap"], spec["device"], spec.get("parts"))
     options = query_options(Path(spec["out"]))
     seconds, result = timed(lambda: run_one(model, Path(spec["store"]), options), spec["device"])
     maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
@@ -171,9 +181,12 @@ def main(argv: list[str] | None = None) -> Figures:
     if args.child:
         child_main(args.child)
         return Figures("child")
+    if args.build_full_model:
+        _save_full_model(args.build_full_model)
+        return Figures("child")
     import soundmap.query.engine  # noqa: F401  (import errors fail here, not after a long run)
     import soundmap.query.plan  # noqa: F401
-    from soundmap.store.pipeline import resolve_device
+    from soundmap.pipeline.models import resolve_device
     from tests.fixtures.clap_files import write_clap_files
 
     quiet_progress()
@@ -187,6 +200,9 @@ def main(argv: list[str] | None = None) -> Figures:
         model = build_model("tiny", fusion=args.fusion, device=device)
         model.save(root / "model")
         model.clap_files = clap
+        full_cells = max(sizes) if args.full_model_cells is None else args.full_model_cells
+        if full_cells:
+            full_model_rss(figures, root, clap, device, full_cells)
         for n in sizes:
             store = write_synthetic_store(root / f"store{n}.zarr", model, n)
             cells = store.shape[0] * store.shape[1]
@@ -220,6 +236,49 @@ def main(argv: list[str] | None = None) -> Figures:
     figures.add("series_per_hour_cost_ratio", series_s / args.hours / single_series, "<= 1.1")
     figures.print()
     return figures
+
+
+def _save_full_model(spec_json: str) -> None:
+    """Child process: the released-size model with random weights, saved, and its synthetic store."""
+    import torch
+
+    spec = json.loads(spec_json)
+    root, n_cells = spec["root"], int(spec["cells"])
+    from soundmap.models.config import ModelConfig
+    from soundmap.models.soundscape import SoundscapeModel
+
+    torch.manual_seed(0)
+    full = SoundscapeModel(ModelConfig.full("psm", "sentinel", name="bench-released-size"),
+                           name="bench-released-size", weights_sha256="bench-released-size-random")
+    full.save(Path(root) / "full-model")
+    write_synthetic_store(Path(root) / "store-full.zarr", full, n_cells)
+
+
+def full_model_rss(figures: Figures, root: Path, clap: Path, device: str, n_cells: int) -> None:
+    """Peak RSS of a text query with the released-size model (random weights), loaded as the
+    query command loads it (text branch + fusion + heads), beside the same query with the whole
+    model loaded."""
+    from soundmap.models.partial import query_parts
+
+    # built and saved in another process: a child forked from a parent holding the model would
+    # start with the parent's RSS as its high-water mark (Linux keeps ru_maxrss across fork/exec)
+    built = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--build-full-model",
+                            json.dumps({"root": str(root), "cells": n_cells})], capture_output=True, text=True)
+    if built.returncode != 0:
+        raise RuntimeError(f"building the released-size model failed ({built.returncode}):\n{built.stderr[-3000:]}")
+    from soundmap.store.embeddings import EmbeddingStore
+
+    store = EmbeddingStore.open(root / "store-full.zarr")
+    cells = store.shape[0] * store.shape[1]
+    spec = {"model": str(root / "full-model"), "clap": str(clap), "device": device, "store": str(store.path),
+            "out": str(root / "full.tif")}
+    parts = run_child({**spec, "parts": list(query_parts([TEXT], []))})
+    whole = run_child(spec)
+    figures.add("full_model_query_cells", cells)
+    figures.add("query_peak_rss_gib_full_model_whole_load", whole["peak_rss"] / GIB)
+    figures.add("query_peak_rss_gib_full_model", parts["peak_rss"] / GIB, "<= 1.5")
+    print(f"# released-size model, {cells} cells: text parts {parts['seconds']:.1f} s / whole {whole['seconds']:.1f} s",
+          flush=True)
 
 
 def figures_value(figures: Figures, name: str) -> float:

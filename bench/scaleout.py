@@ -98,7 +98,7 @@ def timed_run(client: Any, ws: Any, model_dir: Path, args: Any, cache_dir: Path)
 
 def main(argv: list[str] | None = None) -> Figures:
     args = build_parser().parse_args(argv)
-    from soundmap.workspace import fetch_workspace
+    from soundmap.pipeline.workspace import fetch_workspace
 
     quiet_progress()
     counts = [int(n) for n in args.workers.split(",")]

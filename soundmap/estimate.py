@@ -328,7 +328,7 @@ def calibrate_encoder(device: Any, batch_size: int) -> float:
     from .models.config import ViTConfig
     from .models.vit import ImageEncoder
     from .preprocess.image import eval_transform
-    from .store.pipeline import encoder_autocast
+    from .pipeline.blocks import encoder_autocast
 
     encoder = ImageEncoder(ViTConfig(), 512).to(device).eval()
     images = torch.randint(0, 256, (batch_size, 256, 256, 3), dtype=torch.uint8)
@@ -384,13 +384,17 @@ def calibrate_render(source: Any, family: str, cells: int = CALIBRATION_RENDER_C
     """Seconds to render one zoom-1 cell from (synthetic) cached tiles, one thread."""
     from .geo.bbox import BBox
     from .geo.grid import make_grid
-    from .tiles.render import render_cells
+    from .pipeline.blocks import uses_block_renderer
 
+    if uses_block_renderer(source, "cpu"):  # what the embed loop renders with (measured on the CPU)
+        from .tiles.block_render import render_cells_torch as render_cells
+    else:
+        from .tiles.render import render_cells
     if not source.is_remote:
         return 0.0
     grid = make_grid(BBox(8.0, 45.0, 8.2, 45.1), family, 1)
-    rows = np.arange(cells) % grid.rows
-    cols = np.arange(cells) // grid.rows % grid.cols
+    rows = np.arange(cells) // grid.cols % grid.rows  # row-major, as the embed loop renders a block
+    cols = np.arange(cells) % grid.cols
     getter = _SyntheticTiles(int(source.tile_size))
     render_cells(grid, rows[:1], cols[:1], source, getter)  # warm-up: GDAL and PROJ set-up
     start = time.perf_counter()
@@ -459,7 +463,7 @@ def _quiet() -> Iterator[None]:
 def calibrate(device: Any, source: Any, *, batch_size: int | None = None) -> Rates:
     """Measure this machine's rates (~10–30 s on CPU, a few seconds on a GPU)."""
     from .progress import info
-    from .store.pipeline import DEFAULT_BATCH_SIZE
+    from .pipeline.blocks import DEFAULT_BATCH_SIZE
 
     info(f"calibrating rates on {device} (once per machine; cached) ...")
     batch = int(batch_size or DEFAULT_BATCH_SIZE.get(device.type, 8))
@@ -493,7 +497,7 @@ def estimate(bbox: str | Any, zooms: Sequence[int], *, source: str | None = None
     """``soundmap estimate``: parse, resolve, get rates, count and time every zoom level."""
     from .families import check_zoom
     from .geo.bbox import parse_bbox
-    from .store.pipeline import resolve_device
+    from .pipeline.models import resolve_device
     from .tiles.sources import resolve_source
 
     box = parse_bbox(bbox) if isinstance(bbox, str) else bbox

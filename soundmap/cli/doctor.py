@@ -22,8 +22,8 @@ def register(app: typer.Typer) -> None:
 def doctor_command(workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None, repair: RepairOpt = False,
                    quiet: QuietOpt = False) -> None:
     """Verify the tile cache, embeddings, fused caches and installed models end to end."""
-    from ..doctor import run_doctor
-    from ..workspace import Workspace
+    from ..pipeline.doctor import run_doctor
+    from ..pipeline.workspace import Workspace
 
     apply_quiet(quiet)
     ws = Workspace.load(workspace) if workspace is not None or Workspace.exists(None) else None

@@ -133,7 +133,7 @@ def _fmt(value: float) -> str:
 
 def _workspace_or_none(path: Optional[Path]):
     """The workspace at ``path`` (or the default one) if it exists; an explicit missing one is an error."""
-    from ..workspace import Workspace
+    from ..pipeline.workspace import Workspace
 
     if path is not None or Workspace.exists(None):
         return Workspace.load(path)
@@ -143,7 +143,7 @@ def _workspace_or_none(path: Optional[Path]):
 def _check_queryable(ws, zoom: Optional[int]) -> None:
     """``--compare QUERIES`` needs embeddings to score: say so before the land-cover work, not after."""
     from ..errors import CacheError
-    from ..query.workflow import choose_zoom
+    from ..pipeline.query import choose_zoom
 
     if ws is None:
         raise CacheError("--compare with queries needs a workspace with embeddings (soundmap tiles fetch, "
@@ -154,7 +154,7 @@ def _check_queryable(ws, zoom: Optional[int]) -> None:
 def _learned_from_queries(ws, texts: list[str], paths, *, zoom, bbox, model, device, cache_dir) -> Path:
     """Score the three queries over the workspace embeddings with ``soundmap query``'s library."""
     from ..query.plan import QueryOptions
-    from ..query.workflow import query_workspace
+    from ..pipeline.query import query_workspace
 
     options = QueryOptions(out=paths.learned, texts=tuple(texts), zoom=zoom, bbox=bbox)
     query_workspace(ws, options, model=model, device=device, cache_dir=cache_dir)

@@ -1,6 +1,6 @@
 """``soundmap embed``: encode every cell of the workspace's region into its embedding store.
 
-Thin: parse options, call :func:`soundmap.store.pipeline.embed_region` per zoom, print.
+Thin: parse options, call :func:`soundmap.pipeline.embed.embed_region` per zoom, print.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def embed_command(
     from ..distributed.embed import embed_on_cluster
     from ..families import parse_zooms
     from ..store.embeddings import record_store_url
-    from ..store.pipeline import check_embed_options, embed_region, prepare_embedding
-    from ..workspace import Workspace
+    from ..pipeline.embed import check_embed_options, embed_region, prepare_embedding
+    from ..pipeline.workspace import Workspace
 
     apply_quiet(quiet)
     check_embed_options(batch_size=batch_size, workers=workers, dtype=dtype, precision=precision)

@@ -59,7 +59,7 @@ def map_workspace_path(bbox: str, source: Optional[str], zoom: Optional[int], st
     if workspace is not None:
         return Path(workspace)
     from ..geo.bbox import parse_bbox
-    from ..query.workflow import MAP_DEFAULT_SOURCE, default_map_zoom, map_workspace_dir
+    from ..pipeline.query import MAP_DEFAULT_SOURCE, default_map_zoom, map_workspace_dir
     from ..tiles.sources import resolve_source
 
     box = parse_bbox(bbox)

@@ -1,7 +1,7 @@
 """``soundmap query`` and ``soundmap map``: soundscape heatmaps as Cloud-Optimised GeoTIFFs.
 
 Thin: parse options into :class:`~soundmap.query.plan.QueryOptions`, call
-:func:`~soundmap.query.workflow.query_workspace` / :func:`~soundmap.query.workflow.map_region`,
+:func:`~soundmap.pipeline.query.query_workspace` / :func:`~soundmap.pipeline.query.map_region`,
 print the files written (stdout, one per line).
 """
 
@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import InputError
 from .common import ResourcesOpt, SchedulerOpt  # scale-out (soundmap.distributed)
 from .common import (BBoxOpt, CacheDirOpt, DeviceOpt, QuietOpt, RequiredBBoxOpt, SourceOpt, StrideOpt, TilesConfigOpt,
                      WorkspaceOpt, apply_quiet, model_option, zoom_option)
@@ -99,7 +98,7 @@ def query_command(
     partial: PartialOpt = False,
 ) -> None:
     from ..distributed.cluster import resolve_scheduler
-    from ..query.workflow import query_workspace
+    from ..pipeline.query import query_workspace
 
     apply_quiet(quiet)
     cluster = resolve_scheduler(scheduler, resources)
@@ -112,17 +111,14 @@ def query_command(
                                     "no output was written"):
             result = query_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir,
                                      fused_cache=fused_cache, store_url=store_url, partial=partial)
-    elif store_url is not None:
-        raise InputError("--store-url is not supported with --scheduler; record it with "
-                         "`soundmap embed --store-url` or set SOUNDMAP_STORE_URL instead")
     else:
         from ..distributed.query import query_on_cluster
 
         result = query_on_cluster(cluster, workspace, options, model=model, device=device, cache_dir=cache_dir,
-                                  fused_cache=fused_cache, partial=partial)
+                                  fused_cache=fused_cache, store_url=store_url, partial=partial)
     _report(result)
     if subcell:
-        from ..query.subcell import subcell_for_workspace
+        from ..pipeline.query import subcell_for_workspace
 
         typer.echo(str(subcell_for_workspace(workspace, options, model=model, device=device, cache_dir=cache_dir,
                                              store_url=store_url)))
@@ -141,7 +137,7 @@ def map_command(
     device: DeviceOpt = "auto", quiet: QuietOpt = False, subcell: SubcellOpt = False,
     explore: Annotated[bool, typer.Option("--explore", help="Then open the map in `soundmap explore` (127.0.0.1:8765).")] = False,
 ) -> None:
-    from ..query.workflow import map_region
+    from ..pipeline.query import map_region
 
     apply_quiet(quiet)
     options = _options(out, text, audio, combine, month, hour, audio_source, caption_source, latlon, score,
@@ -155,7 +151,7 @@ def map_command(
 
         ws_path = map_workspace_path(bbox, source, zoom, stride, workspace, cache_dir, tiles_config)
     if subcell:
-        from ..query.subcell import subcell_for_workspace
+        from ..pipeline.query import subcell_for_workspace
 
         typer.echo(str(subcell_for_workspace(ws_path, options, model=model, device=device, cache_dir=cache_dir)))
     if explore:

@@ -1,6 +1,6 @@
 """``soundmap tiles``: fetch imagery for a region, inspect the workspace and cache, list sources.
 
-Thin: parse options, call :mod:`soundmap.workspace` / :mod:`soundmap.tiles`, print.
+Thin: parse options, call :mod:`soundmap.pipeline.workspace` / :mod:`soundmap.tiles`, print.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from .common import (BBoxOpt, CacheDirOpt, DownloadWorkersOpt, QuietOpt, SourceO
                      WorkspaceOpt, apply_quiet, zoom_levels_option)
 
 if TYPE_CHECKING:
+    from ..pipeline.workspace import Workspace, WorkspaceFetch
     from ..tiles.sources import TileSource
-    from ..workspace import Workspace, WorkspaceFetch
 
 tiles_app = typer.Typer(name="tiles", help="Fetch and inspect the satellite imagery tiles of a region.",
                         no_args_is_help=True, add_completion=False)
@@ -59,7 +59,7 @@ def fetch_command(
     from ..distributed.cluster import resolve_scheduler
     from ..distributed.fetch import fetch_on_cluster
     from ..families import parse_zooms
-    from ..workspace import estimate_download, fetch_workspace, plan_zoom, workspace_for_fetch
+    from ..pipeline.workspace import estimate_download, fetch_workspace, plan_zoom, workspace_for_fetch
 
     apply_quiet(quiet)
     if not 1 <= workers <= 256:
@@ -149,7 +149,7 @@ def info_command(
     workspace: WorkspaceOpt = None, cache_dir: CacheDirOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """Show the workspace's region, grids and how many of its tiles are cached."""
-    from ..workspace import Workspace, plan_zoom
+    from ..pipeline.workspace import Workspace, plan_zoom
 
     apply_quiet(quiet)
     ws = Workspace.load(workspace)

@@ -2,14 +2,17 @@
 
 How the work is cut, and why it is safe:
 
-- The grid is walked in the store's chunk-aligned blocks (one Zarr chunk of cells each), exactly
-  as the single-machine loop plans them (:func:`~soundmap.store.pipeline.plan_groups`: cells
+- The tasks run the block function of :mod:`soundmap.pipeline.blocks`, the same code the
+  single-machine loop runs (open-or-create with its checks, a block's pending cells, render groups,
+  ``batch_size`` batches, features then states); only who runs it differs. The grid is walked in
+  the store's chunk-aligned blocks (:func:`~soundmap.pipeline.blocks.pending_blocks`: cells
   already embedded are skipped, cells outside the AOI are marked). One task owns one block, so no
   two tasks ever write the same chunk.
 - A task renders its cells from the tile cache (fetching tiles the cache lacks itself, under the
   run's cluster-wide download limit), encodes them with the worker's model (loaded once per worker
-  process, :func:`~soundmap.distributed.cluster.worker_model`), and writes its block **once, at
-  the end**: features first, then the states that vouch for them. A worker that dies mid-block
+  process, :func:`~soundmap.distributed.cluster.worker_model`) in the batch size a single machine
+  with the encoders' device type uses, and writes its block **once, at the end**: features first,
+  then the states that vouch for them. A worker that dies mid-block
   therefore leaves that block's cells PENDING (never garbage marked valid); Dask re-runs the task
   on another worker. A re-run first re-reads the block and skips cells already embedded, so a
   worker dying *after* its write costs nothing twice either.
@@ -31,11 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, TileError
+from ..errors import InputError, ModelError, TileError
+from ..pipeline.blocks import (BlockResult, BlockTodo, RenderedGroup, block_cells, block_groups, default_batch_size,
+                               encode_block as encode_groups, make_renderer, open_store, pending_blocks,
+                               render_group_size, worker_name)
+from ..pipeline.embed import EmbedReport, check_embed_options, count_cells, store_identity, store_lock
 from ..progress import progress as progress_bar
-from ..store.embeddings import CHUNK_CELLS, CellState, EmbeddingStore, embedding_store_location, store_exists
-from ..store.pipeline import (EmbedReport, check_embed_options, count_cells, encode_batch, store_lock,
-                              feature_dim, iter_groups, render_group_size, store_identity)
+from ..store.embeddings import CHUNK_CELLS, EmbeddingStore, embedding_store_location
 from .cluster import ModelRef, model_directory, worker_model
 from .fetch import GlobalRateLimit
 
@@ -60,57 +65,17 @@ class EmbedJob:
     image_precision: str = "fp32"   #: what every encoding worker must compute in (the store records it)
 
 
-@dataclass(frozen=True)
-class BlockTodo:
-    """One block a task embeds: its slices, the AOI mask inside it (None: all of it) and how many
-    cells the plan expected to embed there. Cells are found by the task from the block's states,
-    so the client never holds per-cell lists of a continental grid."""
-
-    rows: slice
-    cols: slice
-    inside: np.ndarray | None
-    planned: int
-
-
-@dataclass
-class BlockResult:
-    """What one block task did (the client sums these into the :class:`EmbedReport`)."""
-
-    block: tuple[int, int]
-    embedded: int = 0
-    missing: int = 0
-    skipped: int = 0      #: cells found embedded already (a re-run of a task whose write landed)
-    batches: int = 0
-    seconds: float = 0.0
-    worker: str = ""
-
-
 @dataclass
 class RenderedBlock:
     """A block's cells rendered (the hand-over between render and encode tasks)."""
 
     rows: slice
     cols: slice
-    cell_rows: np.ndarray
-    cell_cols: np.ndarray
-    images: np.ndarray    #: n_valid × H × W × 3 uint8, valid cells only, in cell order
-    valid: np.ndarray     #: bool per cell
+    groups: list[RenderedGroup]
     skipped: int = 0
 
 
 # --------------------------------------------------------------------------- tasks (run on workers)
-
-def _cells_to_do(store: EmbeddingStore, todo: BlockTodo) -> tuple[np.ndarray, np.ndarray, int]:
-    """The block's cells still to embed, row-major (the single-machine loop's order): not
-    EMBEDDED and inside the AOI. A retried task thus skips whatever its earlier attempt wrote; the
-    third value counts those (planned cells found done)."""
-    state = store.read_states(todo.rows, todo.cols)
-    pending = state != CellState.EMBEDDED
-    if todo.inside is not None:
-        pending &= todo.inside
-    local_r, local_c = np.nonzero(pending)
-    return local_r + todo.rows.start, local_c + todo.cols.start, max(0, todo.planned - len(local_r))
-
 
 def _fetch_missing_tiles(job: EmbedJob, cell_rows: np.ndarray, cell_cols: np.ndarray) -> None:
     """Download the tiles these cells need that the cache lacks (cells still lacking imagery
@@ -137,27 +102,16 @@ def _fetch_missing_tiles(job: EmbedJob, cell_rows: np.ndarray, cell_cols: np.nda
             session.close()
 
 
-def render_block(job: EmbedJob, todo: BlockTodo) -> RenderedBlock:
-    """Task: render the block's cells still to embed (fetching missing tiles first)."""
-    from ..tiles.render import render_cells
-
+def render_block(job: EmbedJob, todo: BlockTodo, device: Any = None) -> RenderedBlock:
+    """Task: render the block's cells still to embed (fetching missing tiles first), on ``device``
+    (the encoder's, when one task renders and encodes; else this worker's CPU)."""
     store = EmbeddingStore.open(job.store_path)
-    rows, cols = todo.rows, todo.cols
-    todo_r, todo_c, skipped = _cells_to_do(store, todo)
+    cell_rows, cell_cols, skipped = block_cells(store, todo)
     if job.fetch_missing:
-        _fetch_missing_tiles(job, todo_r, todo_c)
-    images, valids = [], []
-    group = render_group_size(job.batch_size)
-    for start in range(0, len(todo_r), group):
-        pixels, valid = render_cells(job.grid, todo_r[start:start + group], todo_c[start:start + group],
-                                     job.source, job.cache)
-        valid = np.asarray(valid, dtype=bool)
-        images.append(pixels[valid])
-        valids.append(valid)
-    size = job.grid.tile_px
-    return RenderedBlock(rows=rows, cols=cols, cell_rows=todo_r, cell_cols=todo_c,
-                         images=np.concatenate(images) if images else np.zeros((0, size, size, 3), np.uint8),
-                         valid=np.concatenate(valids) if valids else np.zeros(0, bool), skipped=skipped)
+        _fetch_missing_tiles(job, cell_rows, cell_cols)
+    render = make_renderer(job.grid, job.source, job.cache, device=device)
+    groups = [render(group) for group in block_groups(todo, cell_rows, cell_cols, render_group_size(job.batch_size))]
+    return RenderedBlock(rows=todo.rows, cols=todo.cols, groups=groups, skipped=skipped)
 
 
 def encode_block(job: EmbedJob, rendered: RenderedBlock) -> BlockResult:
@@ -165,34 +119,15 @@ def encode_block(job: EmbedJob, rendered: RenderedBlock) -> BlockResult:
     import torch
 
     started = time.perf_counter()
-    rows, cols = rendered.rows, rendered.cols
-    result = BlockResult(block=(rows.start, cols.start), skipped=rendered.skipped, worker=_worker_name())
-    if not len(rendered.cell_rows):
-        return result
+    if not rendered.groups:
+        return BlockResult(block=(rendered.rows.start, rendered.cols.start), skipped=rendered.skipped,
+                           worker=worker_name())
     model = worker_model(job.model)
     _check_precision(model, job)
-    device = torch.device(model.device)
     store = EmbeddingStore.open(job.store_path, writable=True)
-    features, state = (np.array(a) for a in store.read_block(rows, cols))
-    local_r, local_c = rendered.cell_rows - rows.start, rendered.cell_cols - cols.start
-    valid = rendered.valid
-    images = torch.from_numpy(np.ascontiguousarray(rendered.images))
-    first_image = np.cumsum(valid) - valid  # index in ``images`` of each cell's image
-    for start in range(0, len(valid), job.batch_size):
-        # the same cell batches as the single-machine loop (render groups hold whole batches),
-        # so that both make bit-identical features
-        cells = slice(start, start + job.batch_size)
-        batch_valid = valid[cells]
-        if batch_valid.any():
-            picks = first_image[cells][batch_valid]
-            batch = images[int(picks[0]):int(picks[-1]) + 1]
-            features[local_r[cells][batch_valid], local_c[cells][batch_valid]] = encode_batch(
-                model, batch, job.zoom, device)
-            result.batches += 1
-    state[local_r, local_c] = np.where(valid, CellState.EMBEDDED, CellState.NO_IMAGERY)
-    store.write_block(rows, cols, features if valid.any() else None, state)
-    result.embedded = int(valid.sum())
-    result.missing = int((~valid).sum())
+    result = encode_groups(store, (rendered.rows, rendered.cols), rendered.groups, model=model, zoom=job.zoom,
+                           device=torch.device(model.device), batch_size=job.batch_size, flush_every_batch=False)
+    result.skipped, result.worker = rendered.skipped, worker_name()
     result.seconds = time.perf_counter() - started
     return result
 
@@ -204,16 +139,15 @@ def _check_precision(model: Any, job: EmbedJob) -> None:
         model.set_precision(job.precision)
     computed = str(getattr(model, "image_precision", "fp32"))
     if computed != job.image_precision:
-        from ..errors import ModelError
-
-        raise ModelError(f"worker {_worker_name()} encodes in {computed}, but this run writes {job.image_precision} "
+        raise ModelError(f"worker {worker_name()} encodes in {computed}, but this run writes {job.image_precision} "
                          "features; pass --resources GPU=1 so that only GPU workers encode, or --precision fp32")
 
 
 def embed_block(job: EmbedJob, todo: BlockTodo) -> BlockResult:
     """Task: render, encode and write one block on one worker (no image crosses the network)."""
     started = time.perf_counter()
-    result = encode_block(job, render_block(job, todo))
+    device = worker_model(job.model).device  # render straight onto the encoder's device
+    result = encode_block(job, render_block(job, todo, device))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -226,15 +160,6 @@ class _NoBar:
 
     def close(self) -> None:
         return None
-
-
-def _worker_name() -> str:
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().address)
-    except ValueError:
-        return f"pid {os.getpid()}"
 
 
 # --------------------------------------------------------------------------- the client side
@@ -272,17 +197,16 @@ def encoder_workers(client: Any, resources: dict[str, float] | None) -> list[str
             if all(float(info.get("resources", {}).get(k, 0)) >= v for k, v in (resources or {}).items())]
 
 
-def encoder_precision(client: Any, device: str, precision: str, resources: dict[str, float] | None) -> str:
-    """What the encoding workers will compute in (``fp32`` or ``bf16``), recorded in the store.
+def encoder_device_type(client: Any, device: str, resources: dict[str, float] | None) -> str:
+    """``cuda`` or ``cpu``: what the encoding workers run on (``auto``: asked of the workers).
 
-    ``auto`` means bf16 on CUDA, fp32 on CPU (as on one machine), so it depends on the workers:
-    a mix of GPU and CPU encoders would write features of two precisions into one store, which is
+    It sets the batch size (as on one machine) and, under ``auto`` precision, bf16 or fp32; a mix
+    of GPU and CPU encoders would write features of two precisions into one store, which is
     refused (InputError) before anything runs.
     """
-    if precision == "fp32" or str(device).lower() == "cpu":
-        return "fp32"
-    if str(device).lower().startswith("cuda"):
-        return "bf16"
+    text = str(device).lower()
+    if text in ("cpu", "cuda") or text.startswith("cuda:"):
+        return "cpu" if text == "cpu" else "cuda"
     workers = encoder_workers(client, resources)
     if not workers:
         raise InputError("no worker of the cluster has the --resources the encoder tasks need; start workers "
@@ -290,8 +214,14 @@ def encoder_precision(client: Any, device: str, precision: str, resources: dict[
     kinds = set(client.run(_has_cuda, workers=workers).values())
     if len(kinds) > 1:
         raise InputError("some workers have a GPU and some do not; pass --resources GPU=1 (GPU workers encode, "
-                         "the others render) or --precision fp32 or --device cpu")
-    return "bf16" if kinds == {True} else "fp32"
+                         "the others render) or --device cpu")
+    return "cuda" if kinds == {True} else "cpu"
+
+
+def encoder_precision(device_type: str, precision: str) -> str:
+    """What the encoding workers compute in (``fp32`` or ``bf16``), recorded in the store:
+    ``auto`` is bf16 on CUDA, fp32 on CPU (as on one machine)."""
+    return "bf16" if device_type == "cuda" and precision != "fp32" else "fp32"
 
 
 def _model_on_client(model: Any, family: str, cache_dir: str | os.PathLike | None,
@@ -301,36 +231,11 @@ def _model_on_client(model: Any, family: str, cache_dir: str | os.PathLike | Non
     if model is not None and hasattr(model, "encode_image"):
         return model_directory(model, cache_dir=cache_dir, spill_dir=spill_dir), model
     if model is None:
-        from ..store.pipeline import default_model_name
+        from ..pipeline.models import default_model_name
 
         model = default_model_name(family, cache_dir=cache_dir)
     directory = model_directory(model, cache_dir=cache_dir)
     return directory, ModelFacts.read(directory)
-
-
-def _open_or_create(path: Path | str, identity: Any, model: Any, grid: Any, zoom: int, dtype: str, overwrite: bool,
-                    chunk_cells: int) -> EmbeddingStore:
-    """The store to fill: resumed when made the same way, created when absent or ``overwrite``."""
-    exists = store_exists(path) if isinstance(path, str) else path.exists()
-    if exists and not overwrite:
-        store = EmbeddingStore.open(path, writable=True)
-        store.require_identity(identity)
-        return store
-    dim = feature_dim(model, grid, zoom, getattr(model, "device", None))
-    return EmbeddingStore.create(path, identity, rows=grid.rows, cols=grid.cols, feature_dim=dim, dtype=dtype,
-                                 chunk_cells=chunk_cells)
-
-
-def pending_blocks(store: EmbeddingStore, inside: np.ndarray | None, group_size: int) -> Iterator[BlockTodo]:
-    """The blocks with cells still to embed, lazily and row-major, from the single-machine planner."""
-    planned = 0
-    for group in iter_groups(store, inside, group_size):
-        planned += len(group.rows)
-        if group.last_in_block:
-            rows, cols = group.block
-            yield BlockTodo(rows=rows, cols=cols, inside=None if inside is None else inside[rows, cols].copy(),
-                            planned=planned)
-            planned = 0
 
 
 def submit_block(client: Any, job: EmbedJob, todo: BlockTodo, *, resources: dict[str, float] | None, retries: int,
@@ -360,32 +265,36 @@ def embed_region_distributed(workspace: Any, zoom: int, model: Any = None, *, cl
                              chunk_cells: int = CHUNK_CELLS, resources: dict[str, float] | None = None,
                              fetch_missing: bool = True, max_concurrent_downloads: int = 16,
                              max_downloads_per_second: float | None = None, retries: int = 2,
-                             progress: bool = True, precision: str | None = None,
+                             progress: bool = True, precision: str | None = None, store_url: str | None = None,
                              on_block: Callable[[BlockResult], None] | None = None) -> EmbedReport:
-    """:func:`soundmap.store.embed_region` on a Dask cluster (``client``): same store, same values.
+    """:func:`soundmap.pipeline.embed.embed_region` on a Dask cluster (``client``): same store, same values.
 
     ``device`` is resolved on each worker (``auto``: its GPU when it has one). ``model`` is a name,
     a model directory, or a loaded model (saved under the workspace for the workers when it has no
     installed directory). The workspace, its store and the model directory must be at the same
     path on every worker (a shared filesystem); the tile cache too, unless every tile is cached on
     each worker's own copy. ``on_block`` is called with each block's :class:`BlockResult` as it
-    arrives (progress hooks, tests).
+    arrives (progress hooks, tests). ``batch_size`` defaults to a single machine's for the encoder
+    workers' device type (8 on CPU, 128 on CUDA), so both executors write bit-identical features.
+    ``store_url`` as for :func:`~soundmap.pipeline.embed.embed_region` (every worker must reach it).
     """
-    from ..workspace import Workspace
+    from ..pipeline.workspace import Workspace
 
     check_embed_options(batch_size=batch_size, dtype=dtype, precision=precision)
     ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
     grid, source = ws.grid(zoom), ws.source()
     directory, local = _model_on_client(model, source.family, cache_dir, spill_dir=Path(ws.path) / MODEL_SPILL_DIR)
     cache = ws.tile_cache(cache_dir) if source.is_remote else None
-    job_batch = int(batch_size if batch_size is not None else 8)
-    path = embedding_store_location(ws, zoom)
+    path = embedding_store_location(ws, zoom, store_url)
     limit = GlobalRateLimit.create(max_concurrent_downloads, max_downloads_per_second)
     setting = str(precision or getattr(local, "precision", "auto") or "auto")
-    computed = encoder_precision(client, device, setting, resources)
+    device_type = encoder_device_type(client, device, resources)
+    computed = encoder_precision(device_type, setting)
+    job_batch = int(batch_size if batch_size is not None else default_batch_size(device_type))
     with store_lock(path):
         identity = replace(store_identity(local, source, grid, zoom), precision=computed)
-        store = _open_or_create(path, identity, local, grid, zoom, dtype, overwrite, chunk_cells)
+        store = open_store(path, identity, local, grid, zoom, device=getattr(local, "device", None), dtype=dtype,
+                           overwrite=overwrite, chunk_cells=chunk_cells)
         inside = ws.aoi_mask(zoom)
         counts = count_cells(store, inside)
         report = EmbedReport(zoom=zoom, store_path=store.path, total_cells=grid.rows * grid.cols,
@@ -395,7 +304,7 @@ def embed_region_distributed(workspace: Any, zoom: int, model: Any = None, *, cl
                        model=ModelRef(str(directory), str(local.weights_sha256), str(device)),
                        batch_size=job_batch, fetch_missing=fetch_missing, limit=limit, precision=setting,
                        image_precision=computed)
-        todos = pending_blocks(store, inside, render_group_size(job_batch))
+        todos = pending_blocks(store, inside)
         _run_blocks(client, job, todos, counts.todo, report, resources, retries, progress,
                     run_id=str(store.attrs.get("store_id", "store"))[:12], on_block=on_block)
     return report
@@ -460,5 +369,5 @@ def embed_on_cluster(spec: Any, workspace: Any, zooms: list[int], model: Any = N
                                            **options)
 
 
-__all__ = ["embed_on_cluster", "BlockResult", "BlockTodo", "EmbedJob", "pending_blocks", "embed_block", "embed_region_distributed", "encode_block",
+__all__ = ["embed_on_cluster", "EmbedJob", "embed_block", "embed_region_distributed", "encode_block",
            "render_block"]

@@ -183,13 +183,13 @@ def fetch_tiles_distributed(client: Any, source: Any, tiles: Iterable[tuple[int,
 def fetch_workspace_distributed(workspace: Any, cache: Any, client: Any, plans: list[Any] | None = None, *,
                                 policy: Any = None, max_concurrent: int = 16, max_per_second: float | None = None,
                                 tiles_per_task: int = TILES_PER_TASK) -> Any:
-    """:func:`soundmap.workspace.fetch_workspace` on a cluster: same reports and lacking-cell masks.
+    """:func:`soundmap.pipeline.workspace.fetch_workspace` on a cluster: same reports and lacking-cell masks.
 
     ``max_concurrent`` / ``max_per_second`` bound the requests of the whole cluster together.
     """
     import numpy as np
 
-    from ..workspace import WorkspaceFetch, cells_lacking_imagery, plan_zoom
+    from ..pipeline.workspace import WorkspaceFetch, cells_lacking_imagery, plan_zoom
 
     source = workspace.source()
     plans = plans if plans is not None else [plan_zoom(workspace, z) for z in workspace.zooms]

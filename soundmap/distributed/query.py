@@ -76,9 +76,12 @@ def cluster_fused_blocks(client: Any, ref: ModelRef, store_path: str | os.PathLi
     return blocks
 
 
-def model_ref(model: Any, store: Any, *, device: str = "auto", cache_dir: str | os.PathLike | None = None) -> ModelRef:
-    """Where workers load the query model: its installed directory, else a copy saved beside the store."""
-    spill = Path(store.path).parent.parent / MODEL_SPILL_DIR
+def model_ref(model: Any, store: Any, *, device: str = "auto", cache_dir: str | os.PathLike | None = None,
+              spill_dir: Path | None = None) -> ModelRef:
+    """Where workers load the query model: its installed directory, else a copy saved in
+    ``spill_dir`` (default: the workspace of a local store; a store at a URL has none, so the
+    caller passes the workspace's)."""
+    spill = spill_dir if spill_dir is not None else Path(store.path).parent.parent / MODEL_SPILL_DIR
     return ModelRef(str(model_directory(model, cache_dir=cache_dir, spill_dir=spill)), str(model.weights_sha256),
                     str(device))
 
@@ -86,36 +89,40 @@ def model_ref(model: Any, store: Any, *, device: str = "auto", cache_dir: str | 
 def run_query_distributed(plan: Any, *, client: Any, model: Any, store: Any, attribution: str = "",
                           cache_root: Path | None = None, query: Any = None, device: str = "auto",
                           cache_dir: str | os.PathLike | None = None,
-                          resources: dict[str, float] | None = None) -> QueryResult:
+                          resources: dict[str, float] | None = None, spill_dir: Path | None = None) -> QueryResult:
     """:func:`soundmap.query.engine.run_query` with fusion on the cluster (same outputs)."""
-    blocks = cluster_fused_blocks(client, model_ref(model, store, device=device, cache_dir=cache_dir), store.path,
-                                  resources=resources)
+    ref = model_ref(model, store, device=device, cache_dir=cache_dir, spill_dir=spill_dir)
+    blocks = cluster_fused_blocks(client, ref, store.path, resources=resources)
     return run_query(plan, model=model, store=store, attribution=attribution, cache_root=cache_root, query=query,
                      blocks=blocks)
 
 
 def query_workspace_distributed(workspace: Any, options: Any, *, client: Any, model: Any = None, device: str = "auto",
                                 cache_dir: str | os.PathLike | None = None, fused_cache: bool = True,
-                                resources: dict[str, float] | None = None, partial: bool = False) -> QueryResult:
-    """:func:`soundmap.query.workflow.query_workspace` with fusion on the cluster.
+                                resources: dict[str, float] | None = None, store_url: str | None = None,
+                                partial: bool = False) -> QueryResult:
+    """:func:`soundmap.pipeline.query.query_workspace` with fusion on the cluster.
 
     The same checks in the same order (bad input fails before any model is loaded or task sent).
+    ``store_url`` as for the single-machine query (every worker must reach it).
     """
     from ..query.plan import make_plan
-    from ..query.workflow import FUSED_CACHE_DIR, check_model_matches_store, choose_zoom, load_query_model
+    from ..pipeline.models import load_query_model
+    from ..pipeline.query import FUSED_CACHE_DIR, check_model_matches_store, choose_zoom
+    from ..pipeline.workspace import Workspace
     from ..store.embeddings import open_embedding_store, require_complete
-    from ..workspace import Workspace
 
     make_plan(options)
     ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
-    store = open_embedding_store(ws, choose_zoom(ws, options.zoom))
+    store = open_embedding_store(ws, choose_zoom(ws, options.zoom, store_url), store_url=store_url)
     require_complete(store, partial=partial)
     loaded = load_query_model(model, store, device="cpu", cache_dir=cache_dir)
     check_model_matches_store(loaded, store)
     plan = make_plan(options, loaded)
     cache_root = Path(ws.path) / FUSED_CACHE_DIR if fused_cache else None
     return run_query_distributed(plan, client=client, model=loaded, store=store, attribution=ws.attribution,
-                                 cache_root=cache_root, device=device, cache_dir=cache_dir, resources=resources)
+                                 cache_root=cache_root, device=device, cache_dir=cache_dir, resources=resources,
+                                 spill_dir=Path(ws.path) / MODEL_SPILL_DIR)
 
 
 def query_on_cluster(spec: Any, workspace: Any, options: Any, **kwargs: Any) -> QueryResult:

@@ -33,8 +33,9 @@ from ..query.engine import FusionCounter, _open_cache, encode_queries, fused_blo
 from ..query.fused_cache import store_fingerprint
 from ..query.normalize import sigma_l1
 from ..query.plan import MetadataSetting, QueryOptions, QueryPlan, make_plan, model_components
-# The workflow helpers (may move to soundmap.pipeline): zoom choice, model loading and checks.
-from ..query.workflow import FUSED_CACHE_DIR, check_model_matches_store, embedded_zooms, load_query_model
+# The workflow helpers: zoom choice, model loading and checks (the explorer sits on the pipeline).
+from ..pipeline.models import load_query_model
+from ..pipeline.query import FUSED_CACHE_DIR, check_model_matches_store, embedded_zooms
 from ..tiles.render import area_imagery
 
 EXPLORE_DIR = "explore"
@@ -153,7 +154,7 @@ class Explorer:
                  max_upload_bytes: int = MAX_UPLOAD_BYTES, max_audio_seconds: float = MAX_AUDIO_SECONDS,
                  mu_memory_bytes: int = MU_MEMORY_BYTES) -> None:
         from ..store.embeddings import open_embedding_store
-        from ..workspace import Workspace  # may move to soundmap.pipeline
+        from ..pipeline.workspace import Workspace
 
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
         self.root = Path(self.workspace.path).resolve()
@@ -206,7 +207,7 @@ class Explorer:
     def basemap_tiles(self) -> tuple[int | None, set[tuple[int, int, int]]]:
         """The web-mercator tiles of the workspace's imagery (what the basemap may serve)."""
         if not hasattr(self, "_basemap"):
-            from ..workspace import plan_zoom  # may move to soundmap.pipeline
+            from ..pipeline.workspace import plan_zoom
 
             tiles: set[tuple[int, int, int]] = set()
             web_zoom = None

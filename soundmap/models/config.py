@@ -13,11 +13,12 @@ token order (:data:`METADATA_COMPONENTS`); empty means the model has no fusion t
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from soundmap.errors import ConfigError
+from soundmap.errors import ConfigError, ModelError
 from soundmap.families import Family, get_family
 
 #: Metadata components in the reference's token order (after CLS and image).
@@ -182,3 +183,30 @@ class ModelConfig:
         kwargs.setdefault("audio", tiny_audio_config())
         kwargs.setdefault("text", tiny_text_config())
         return cls(variant=variant, family=family, metadata=metadata, **kwargs)
+
+
+#: The two files of an installed model directory.
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, str]:
+    """The :class:`ModelConfig` and recorded weights SHA-256 of a model directory.
+
+    Here, beside the config and away from the torch modules, so that listing installed models
+    (``soundmap models list``) reads configs without importing torch."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"cannot read {path} ({err}); re-import the model") from None
+    try:
+        sha = str(payload.pop("weights_sha256", ""))
+        if payload.get("variant") == "sat2sound":  # the third family has its own config class (no torch)
+            from soundmap.models.sat2sound.configuration import Sat2SoundConfig
+
+            return Sat2SoundConfig.from_dict(payload), sha  # type: ignore[return-value]
+        return ModelConfig.from_dict(payload), sha
+    except (AttributeError, KeyError, TypeError, ValueError) as err:  # a value of the wrong type
+        raise ModelError(f"{path} has a field of the wrong type or shape ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); re-import the model") from None

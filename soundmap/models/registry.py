@@ -30,8 +30,8 @@ from typing import Any
 import yaml
 
 from soundmap.errors import ConfigError, ModelError, SoundmapError
-from soundmap.models.config import METADATA_COMPONENTS, ModelConfig, normalize_components
-from soundmap.models.soundscape import CONFIG_FILE, WEIGHTS_FILE, read_config
+from soundmap.models.config import (CONFIG_FILE, METADATA_COMPONENTS, WEIGHTS_FILE, ModelConfig, normalize_components,
+                                    read_config)
 from soundmap.progress import info
 
 

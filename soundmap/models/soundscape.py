@@ -29,15 +29,14 @@ import torch
 from torch import nn
 
 from soundmap.errors import InputError, ModelError
-from soundmap.models.config import ModelConfig
+from soundmap.models.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, read_config  # noqa: F401 (re-exported)
+from soundmap.models.devices import resolve_device  # noqa: F401 (re-exported)
 from soundmap.models.embedding import Embedding
 from soundmap.models.fusion import MetadataFuser
 from soundmap.models.heads import ProbabilisticHeads
 from soundmap.models.vit import ImageEncoder
 from soundmap.preprocess.metadata import Metadata, MetaToken
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 #: Rows per fusion chunk: bounds memory for million-cell grids.
 FUSE_CHUNK = 8192
 
@@ -55,19 +54,6 @@ class Criterion(nn.Module):
             self.negative_scale = nn.Parameter(torch.full((1,), 5.0))
         else:
             self.tau = nn.Parameter(torch.ones(1))
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else as given (validated)."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("CUDA was requested but is not available; use --device cpu")
-    return resolved
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -375,23 +361,18 @@ def _model_directory(name_or_path: str | os.PathLike, cache_dir: str | os.PathLi
                      f"`soundmap models pull NAME` or `soundmap models import CKPT --name NAME`")
 
 
-def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, str]:
-    """The :class:`ModelConfig` and recorded weights SHA-256 of a model directory."""
-    path = Path(directory) / CONFIG_FILE
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelError(f"cannot read {path} ({err}); re-import the model") from None
-    try:
-        sha = str(payload.pop("weights_sha256", ""))
-        if payload.get("variant") == "sat2sound":  # the third family has its own config class
-            from soundmap.models.sat2sound.configuration import Sat2SoundConfig
-
-            return Sat2SoundConfig.from_dict(payload), sha  # type: ignore[return-value]
-        return ModelConfig.from_dict(payload), sha
-    except (AttributeError, KeyError, TypeError, ValueError) as err:  # a value of the wrong type
-        raise ModelError(f"{path} has a field of the wrong type or shape ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}); re-import the model") from None
+def model_files(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
+                verify_hash: bool = False) -> tuple[Path, ModelConfig, str, Path]:
+    """(directory, config, recorded weights SHA-256, weights file) of an installed model, checked
+    (one-line ModelErrors): what every loader starts from."""
+    directory = _model_directory(name_or_path, cache_dir)
+    config, sha = read_config(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelError(f"{weights} is missing; re-import the model")
+    if verify_hash and sha and file_sha256(weights) != sha:
+        raise ModelError(f"{weights} does not match its recorded SHA-256; re-import the model")
+    return directory, config, sha, weights
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = "auto", *,
@@ -405,13 +386,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    directory = _model_directory(name_or_path, cache_dir)
-    config, sha = read_config(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ModelError(f"{weights} is missing; re-import the model")
-    if verify_hash and sha and file_sha256(weights) != sha:
-        raise ModelError(f"{weights} does not match its recorded SHA-256; re-import the model")
+    directory, config, sha, weights = model_files(name_or_path, cache_dir, verify_hash=verify_hash)
     target = resolve_device(device)
     try:
         state = load_file(str(weights), device="cpu")

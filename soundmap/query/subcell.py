@@ -75,19 +75,3 @@ def _write_block(plan: Any, model: Any, grid: Any, queries: Any, raster: Scratch
                 values[:, r * factor:(r + 1) * factor, c * factor:(c + 1) * factor] = maps[k]
         for q in range(len(plan.queries)):
             raster.write(plan.band_index(q, s), window, values[q])
-
-
-def subcell_for_workspace(workspace: Any, options: Any, *, model: Any = None, device: str = "auto",
-                          cache_dir: str | os.PathLike | None = None, store_url: str | None = None) -> Path:
-    """``soundmap query --subcell``: the sub-cell COG of a workspace's queries."""
-    from ..store.embeddings import open_embedding_store
-    from ..workspace import Workspace
-    from .plan import make_plan
-    from .workflow import check_model_matches_store, choose_zoom, load_query_model
-
-    ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
-    zoom = choose_zoom(ws, options.zoom, store_url)
-    store = open_embedding_store(ws, zoom, store_url=store_url)
-    loaded = load_query_model(model, store, device=device, cache_dir=cache_dir)
-    check_model_matches_store(loaded, store)
-    return write_subcell_map(make_plan(options, loaded), model=loaded, store=store)

@@ -355,7 +355,8 @@ class EmbeddingStore:
 
     @classmethod
     def create_or_resume(cls, path: str | os.PathLike, identity: StoreIdentity, *, rows: int, cols: int,
-                         feature_dim: int, dtype: str = "float16", overwrite: bool = False) -> EmbeddingStore:
+                         feature_dim: int, dtype: str = "float16", overwrite: bool = False,
+                         chunk_cells: int = CHUNK_CELLS) -> EmbeddingStore:
         """The store to embed into: the existing one when it has the same identity (resume), a new
         one when there is none or ``overwrite``; CacheError when it was made differently."""
         path = str(path) if is_store_url(path) else Path(path)
@@ -366,7 +367,8 @@ class EmbeddingStore:
                 raise CacheError(f"embeddings in {path} have shape {store.features.shape}, not "
                                  f"{(rows, cols, feature_dim)}; pass --overwrite to re-embed or use another --workspace")
             return store
-        return cls.create(path, identity, rows=rows, cols=cols, feature_dim=feature_dim, dtype=dtype)
+        return cls.create(path, identity, rows=rows, cols=cols, feature_dim=feature_dim, dtype=dtype,
+                          chunk_cells=chunk_cells)
 
     def require_identity(self, identity: StoreIdentity) -> None:
         """CacheError (one line saying what to do) unless this store was made with ``identity``."""

@@ -96,22 +96,28 @@ def warp_to_cell(rgba: np.ndarray, src_transform: Affine, src_crs: CRS, grid: Gr
 # -- web-mercator tiles -------------------------------------------------------------------------
 
 
-def decode_tile(data: bytes, tile_size: int) -> np.ndarray | None:
+def decode_tile(data: bytes, tile_size: int, *, add_alpha: bool = True) -> np.ndarray | None:
     """Tile bytes → tile_size × tile_size × 4 uint8 (RGB + alpha); None if undecodable.
 
-    A tile of another size than the source declares is a configuration error (its pixels would
-    land in the wrong place), so it raises :class:`TileError`.
+    ``add_alpha=False`` returns an opaque tile as its 3 RGB bands (no copy to add an alpha band;
+    the block renderer marks opaque tiles itself). A tile of another size than the source
+    declares is a configuration error (its pixels would land in the wrong place), so it raises
+    :class:`TileError`.
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
             has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-            array = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
+            if image.mode == "RGB" and not has_alpha:
+                image.load()
+                array = np.asarray(image)
+            else:
+                array = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
     except (UnidentifiedImageError, OSError, ValueError):
         return None
     if array.shape[0] != tile_size or array.shape[1] != tile_size:
         raise TileError(f"a cached tile is {array.shape[1]}×{array.shape[0]} px but the source says "
                         f"tile_size {tile_size}; fix tile_size in tiles.yaml")
-    if array.shape[2] == 3:
+    if array.shape[2] == 3 and add_alpha:
         array = np.concatenate([array, np.full(array.shape[:2] + (1,), 255, np.uint8)], axis=2)
     return array
 

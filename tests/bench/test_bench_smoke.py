@@ -44,7 +44,8 @@ def figure_lines(output: str) -> dict[str, str]:
 def test_embed_bench_prints_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
     load_bench("embed").main(["--model-size", "tiny", "--cells", "4", "--device", "cpu"])
     figures = figure_lines(capsys.readouterr().out)
-    assert {"cells", "encoder_images_per_s", "pipeline_cells_per_s", "embed_efficiency"} <= figures.keys()
+    assert {"cells", "encoder_images_per_s", "pipeline_cells_per_s", "embed_efficiency", "render_cpu_ms_per_cell",
+            "render_cpu_ms_per_cell_gdal", "projected_feed_cells_per_s_16_cores"} <= figures.keys()
     assert figures["embed_efficiency"].endswith("(target >= 0.9)")
 
 
@@ -62,6 +63,8 @@ def test_query_bench_prints_its_figures(capsys: pytest.CaptureFixture[str]) -> N
     assert {"cells_per_s_64", "peak_rss_gib_144", "rss_growth", "rgb_cost_ratio", "series_cost_ratio",
             "series_per_hour_cost_ratio"} <= figures.keys()
     assert figures["peak_rss_gib_64"].endswith("(target < 2)")
+    # the released-size model's text query, loaded as `soundmap query` loads it (at the largest size)
+    assert figures["query_peak_rss_gib_full_model"].endswith("(target <= 1.5)")
 
 
 def test_estimate_bench_prints_its_figures(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -93,7 +93,7 @@ def test_impossible_query_zoom_is_named_instead_of_asking_to_embed_it(cli, query
 
 def test_impossible_bga_zoom_is_named_instead_of_asking_to_fetch_it(cli, tmp_path: Path) -> None:
     from soundmap.tiles.sources import resolve_source
-    from soundmap.workspace import Workspace
+    from soundmap.pipeline.workspace import Workspace
 
     bbox = "10.0,50.0,10.05,50.03"
     ws = Workspace.create(tmp_path / "ws", source=resolve_source("http://127.0.0.1:9/{z}/{x}/{y}.png"),
@@ -137,7 +137,7 @@ def test_map_and_align_read_sources_from_tiles_config(cli, tile_server: TileServ
 
 def test_bga_compare_without_embeddings_fails_before_writing_anything(cli, tmp_path: Path) -> None:
     from soundmap.tiles.sources import resolve_source
-    from soundmap.workspace import Workspace
+    from soundmap.pipeline.workspace import Workspace
 
     ws = Workspace.create(tmp_path / "ws", source=resolve_source("http://127.0.0.1:9/{z}/{x}/{y}.png"),
                           zooms=[1], bbox="10.0,50.0,10.05,50.03")

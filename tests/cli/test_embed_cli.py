@@ -12,7 +12,7 @@ from soundmap.cli.main import run
 from soundmap.models.soundscape import SoundscapeModel
 from soundmap.store import open_embedding_store
 from soundmap.tiles.sources import resolve_source
-from soundmap.workspace import Workspace, plan_zoom
+from soundmap.pipeline.workspace import Workspace, plan_zoom
 from tests.fixtures.embed_workspace import (EMBED_BBOX, EMBED_ZOOM, OTHER_TINY_MODEL, TINY_MODEL,  # noqa: F401
                                             fetch_test_workspace, other_tiny_model, tiny_model,
                                             tiny_model_builds)

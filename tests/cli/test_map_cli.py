@@ -11,7 +11,7 @@ import rasterio
 from pyproj import Transformer
 
 from soundmap.cli.main import run
-from soundmap.query.workflow import default_map_zoom
+from soundmap.pipeline.query import default_map_zoom
 from soundmap.geo.bbox import parse_bbox
 from tests.fixtures.query_workspace import QUERY_BBOX
 from tests.fixtures.tileserver import TileServer
@@ -97,7 +97,7 @@ def test_map_yes_pulls_the_default_sentinel_model_without_asking(
 
 def test_map_asks_before_a_large_download(installed_models: str, tile_server: TileServer, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("soundmap.query.workflow.MAP_CONFIRM_ABOVE_TILES", 0)  # every download is "large"
+    monkeypatch.setattr("soundmap.pipeline.query.MAP_CONFIRM_ABOVE_TILES", 0)  # every download is "large"
     questions: list[str] = []
     monkeypatch.setattr("soundmap.cli.query._confirm", lambda question: questions.append(question) or False)
     code = run(["map", "--bbox", QUERY_BBOX, "--text", "birds", "--out", str(tmp_path / "m.tif"), "--stride", "5000",

@@ -20,7 +20,7 @@ import soundmap as sm
 from soundmap.cli.main import run
 from soundmap.models.soundscape import SoundscapeModel
 from soundmap.query.normalize import sigma_l1
-from soundmap.workspace import Workspace
+from soundmap.pipeline.workspace import Workspace
 from tests.fixtures.query_workspace import QueryEnv
 
 

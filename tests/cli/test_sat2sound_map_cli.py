@@ -68,7 +68,7 @@ def test_map_with_sat2sound_text_audio_combined_and_an_hour_series(sat2sound_env
 def _map_workspace(tile_server: TileServer) -> Path:
     """The per-region workspace `soundmap map` filled (no --workspace given)."""
     from soundmap.geo.bbox import parse_bbox
-    from soundmap.query.workflow import map_workspace_dir
+    from soundmap.pipeline.query import map_workspace_dir
     from soundmap.tiles.sources import resolve_source
 
     return map_workspace_dir(parse_bbox(QUERY_BBOX), resolve_source(tile_server.xyz_template), 1, 5000.0, None)

@@ -11,8 +11,9 @@ import numpy as np
 
 from soundmap.distributed.cluster import loaded_models
 from soundmap.distributed.embed import embed_region_distributed
-from soundmap.store import CellState, embed_region, open_embedding_store
-from soundmap.workspace import Workspace
+from soundmap.pipeline.embed import embed_region
+from soundmap.store import CellState, open_embedding_store
+from soundmap.pipeline.workspace import Workspace
 from tests.fixtures.embed_workspace import EMBED_ZOOM as Z, TINY_MODEL, fetch_test_workspace
 from tests.fixtures.tileserver import TileServer
 
@@ -99,7 +100,7 @@ def test_encoder_tasks_run_only_on_workers_with_the_resources(fetched_workspace:
 def test_block_tasks_fetch_the_tiles_the_cache_lacks(tile_server: TileServer, tmp_path: Path, tiny_model,
                                                      cluster_client) -> None:
     from soundmap.tiles.sources import resolve_source
-    from soundmap.workspace import plan_zoom
+    from soundmap.pipeline.workspace import plan_zoom
     from tests.fixtures.embed_workspace import EMBED_BBOX
 
     source = resolve_source("test-xyz", config_path=tile_server.write_tiles_yaml(tmp_path / "tiles.yaml"))
@@ -119,15 +120,17 @@ def test_the_store_records_the_precision_the_encoding_workers_compute_in(tiny_mo
     import pytest
 
     from soundmap.distributed.cluster import ModelRef
-    from soundmap.distributed.embed import EmbedJob, _check_precision, encoder_precision
+    from soundmap.distributed.embed import EmbedJob, _check_precision, encoder_device_type, encoder_precision
     from soundmap.errors import InputError, ModelError
 
     # CPU-only workers under "auto" compute fp32; an explicit device or fp32 needs no question
-    assert encoder_precision(cluster_client, "auto", "auto", None) == "fp32"
-    assert encoder_precision(cluster_client, "cuda", "auto", None) == "bf16"
-    assert encoder_precision(cluster_client, "cuda", "fp32", None) == "fp32"
+    assert encoder_device_type(cluster_client, "auto", None) == "cpu"
+    assert encoder_device_type(cluster_client, "cuda:0", None) == "cuda"
+    assert encoder_precision("cpu", "auto") == "fp32"
+    assert encoder_precision("cuda", "auto") == "bf16"
+    assert encoder_precision("cuda", "fp32") == "fp32"
     with pytest.raises(InputError, match="--resources"):
-        encoder_precision(cluster_client, "auto", "auto", {"GPU": 1})  # no worker has a GPU
+        encoder_device_type(cluster_client, "auto", {"GPU": 1})  # no worker has a GPU
     # a worker that would write features of another precision than the store's refuses
     job = EmbedJob(store_path="unused", zoom=Z, grid=None, source=None, cache=None, model=ModelRef("unused", ""),
                    batch_size=2, image_precision="bf16")

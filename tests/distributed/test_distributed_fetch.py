@@ -12,7 +12,7 @@ from soundmap.distributed.fetch import GlobalRateLimit, fetch_workspace_distribu
 from soundmap.errors import InputError
 from soundmap.tiles.fetch import RetryPolicy
 from soundmap.tiles.sources import resolve_source
-from soundmap.workspace import Workspace, plan_zoom
+from soundmap.pipeline.workspace import Workspace, plan_zoom
 from tests.fixtures.embed_workspace import EMBED_BBOX, EMBED_ZOOM as Z
 from tests.fixtures.tileserver import TileServer
 

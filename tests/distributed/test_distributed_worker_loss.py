@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from soundmap.distributed.embed import embed_region_distributed
-from soundmap.store import embed_region, open_embedding_store
-from soundmap.workspace import Workspace
+from soundmap.pipeline.embed import embed_region
+from soundmap.store import open_embedding_store
+from soundmap.pipeline.workspace import Workspace
 from tests.fixtures.embed_workspace import EMBED_ZOOM as Z, TINY_MODEL
 
 from .faults import DieMidBlock

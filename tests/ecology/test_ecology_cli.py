@@ -26,7 +26,7 @@ WEIGHTS = {10: TREE, 50: BUILT, 80: WATER}
 def workspace(tmp_path: Path) -> Path:
     """A saved workspace (zoom 1, Sentinel family) over BBOX; no imagery is needed for `bga`."""
     from soundmap.tiles.sources import resolve_source
-    from soundmap.workspace import Workspace
+    from soundmap.pipeline.workspace import Workspace
 
     source = resolve_source("http://127.0.0.1:9/{z}/{x}/{y}.png", family="sentinel")
     ws = Workspace.create(tmp_path / "ws", source=source, zooms=[1], bbox=BBOX)
@@ -35,7 +35,7 @@ def workspace(tmp_path: Path) -> Path:
 
 
 def _grid(workspace: Path) -> Grid:
-    from soundmap.workspace import Workspace
+    from soundmap.pipeline.workspace import Workspace
 
     return Workspace.load(workspace).grid(1)
 
@@ -84,7 +84,7 @@ def test_bga_writes_float_and_uint8_composites_on_the_query_grid(workspace, cell
 
 def test_cells_outside_the_workspace_aoi_are_nodata(tmp_path, capsys) -> None:
     from soundmap.tiles.sources import resolve_source
-    from soundmap.workspace import Workspace
+    from soundmap.pipeline.workspace import Workspace
 
     aoi = tmp_path / "aoi.geojson"      # a triangle over the south-west half of the bbox
     aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},
@@ -227,7 +227,7 @@ def test_learned_raster_on_another_grid_is_refused(workspace, cell_landcover, tm
 
 
 def test_compare_scores_the_three_queries_with_the_query_library(query_env, tmp_path, capsys) -> None:
-    from soundmap.workspace import Workspace
+    from soundmap.pipeline.workspace import Workspace
 
     grid = Workspace.load(query_env.workspace).grid(1)
     classes = np.array([10, 50, 80, 40], dtype=np.uint8)[np.arange(grid.rows * grid.cols) % 4]
@@ -255,7 +255,7 @@ def test_compare_scores_the_three_queries_with_the_query_library(query_env, tmp_
 
 
 def test_bbox_window_matches_the_query_window(query_env, tmp_path, capsys) -> None:
-    from soundmap.workspace import Workspace
+    from soundmap.pipeline.workspace import Workspace
 
     grid = Workspace.load(query_env.workspace).grid(1)
     classes = np.full((grid.rows * 8, grid.cols * 8), 40, dtype=np.uint8)
@@ -275,7 +275,7 @@ def test_bbox_window_matches_the_query_window(query_env, tmp_path, capsys) -> No
 def test_learned_raster_on_the_workspace_grid_keeps_the_workspace_footprint(tmp_path) -> None:
     from soundmap.ecology.composite import bga_grid
     from soundmap.tiles.sources import resolve_source
-    from soundmap.workspace import Workspace
+    from soundmap.pipeline.workspace import Workspace
 
     source = resolve_source("http://127.0.0.1:9/{z}/{x}/{y}.png", family="sentinel")
     ws = Workspace.create(tmp_path / "ws", source=source, zooms=[1], bbox=BBOX, stride=1280.0)

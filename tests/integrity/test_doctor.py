@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from soundmap.cli.main import run
 from soundmap.store import open_embedding_store
-from soundmap.workspace import Workspace
+from soundmap.pipeline.workspace import Workspace
 from tests.fixtures.query_workspace import QueryEnv
 from tests.fixtures.tilegen import tile_png
 

@@ -15,7 +15,7 @@ from soundmap.geo.bbox import parse_bbox
 from soundmap.geo.grid import make_grid
 from soundmap.geo.planguard import check_plan, estimate_tiles
 from soundmap.tiles.sources import resolve_source
-from soundmap.workspace import Workspace, plan_zoom
+from soundmap.pipeline.workspace import Workspace, plan_zoom
 from tests.fixtures.tileserver import TileServer
 
 
@@ -48,7 +48,7 @@ def test_the_tile_estimate_is_close_to_the_exact_plan(tiles_yaml: Path, tmp_path
 
 def test_a_large_fetch_is_refused_before_planning(tile_server: TileServer, tmp_path: Path, capsys,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import soundmap.workspace as workspace_module
+    import soundmap.pipeline.workspace as workspace_module
 
     def planned(*args, **kwargs):
         raise AssertionError("the tiles were listed before the refusal")

@@ -12,7 +12,7 @@ import rasterio
 
 from soundmap.cli.main import run
 from soundmap.store.embeddings import CellState, EmbeddingStore, embedding_store_path
-from soundmap.workspace import Workspace
+from soundmap.pipeline.workspace import Workspace
 from tests.fixtures.query_workspace import QueryEnv
 
 

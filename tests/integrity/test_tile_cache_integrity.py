@@ -11,7 +11,7 @@ import pytest
 from soundmap.cli.main import run
 from soundmap.errors import CacheError
 from soundmap.tiles.cache import TileCache
-from soundmap.workspace import Workspace
+from soundmap.pipeline.workspace import Workspace
 from tests.fixtures.embed_workspace import fetch_test_workspace
 from tests.fixtures.tileserver import TileServer
 

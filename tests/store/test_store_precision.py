@@ -10,7 +10,8 @@ import pytest
 from soundmap.errors import CacheError, InputError
 from soundmap.geo.grid import Grid
 from soundmap.models.soundscape import SoundscapeModel
-from soundmap.store import embed_region, open_embedding_store
+from soundmap.pipeline.embed import embed_region
+from soundmap.store import open_embedding_store
 from soundmap.store.embeddings import EmbeddingStore, StoreIdentity, embedding_store_path
 from tests.fixtures.embed_workspace import EMBED_ZOOM as Z
 

@@ -13,7 +13,8 @@ import pytest
 
 from soundmap.cli.main import run
 from soundmap.errors import CacheError
-from soundmap.store import embed_region, open_embedding_store
+from soundmap.pipeline.embed import embed_region
+from soundmap.store import open_embedding_store
 from soundmap.store.embeddings import (STORE_URL_ENV, EmbeddingStore, embedding_store_location,
                                        embedding_store_path, record_store_url, store_exists)
 from tests.fixtures.embed_workspace import EMBED_ZOOM as Z

@@ -14,7 +14,7 @@ import soundmap.cli.tiles as tiles_cli
 import soundmap.tiles.fetch as fetch_module
 from soundmap.cli.main import app, run
 from soundmap.geo.tileplan import tiles_for_grid
-from soundmap.workspace import Workspace
+from soundmap.pipeline.workspace import Workspace
 from tests.fixtures.tileserver import TileServer
 
 BBOX = "13.35,52.45,13.45,52.52"

@@ -16,7 +16,7 @@ from soundmap.geo.tileplan import tiles_for_grid
 from soundmap.paths import tile_cache_path
 from soundmap.tiles.cache import TileCache
 from soundmap.tiles.sources import resolve_source
-from soundmap.workspace import (Workspace, cells_lacking_imagery, fetch_workspace, plan_zoom,
+from soundmap.pipeline.workspace import (Workspace, cells_lacking_imagery, fetch_workspace, plan_zoom,
                                 workspace_for_fetch)
 from tests.fixtures.tileserver import TileServer
 

@@ -88,7 +88,7 @@ def check_tile_cache(cache: Any, source: Any = None, *, repair: bool) -> list[Fi
 
 
 def _undecodable_tiles(cache: Any, source: Any, *, repair: bool) -> list[Finding]:
-    from .tiles.fetch import image_problem
+    from ..tiles.fetch import image_problem
 
     bad = []
     conn = cache._connect()
@@ -109,7 +109,7 @@ def _undecodable_tiles(cache: Any, source: Any, *, repair: bool) -> list[Finding
 
 def check_store(location: Any, *, repair: bool) -> list[Finding]:
     """Checksums and embedded-cell features of one embedding store."""
-    from .store.embeddings import EmbeddingStore, find_damaged_blocks, repair_store, store_exists
+    from ..store.embeddings import EmbeddingStore, find_damaged_blocks, repair_store, store_exists
 
     if not store_exists(location):
         return []
@@ -130,7 +130,7 @@ def check_store(location: Any, *, repair: bool) -> list[Finding]:
 
 def check_fused(root: Path, *, repair: bool) -> list[Finding]:
     """Every entry of a workspace's fused-embedding cache."""
-    from .query.fused_cache import damaged_blocks
+    from ..query.fused_cache import damaged_blocks
 
     findings = []
     for entry in sorted(p for p in Path(root).glob("*") if p.is_dir()):
@@ -151,10 +151,10 @@ def check_models(cache_dir: str | os.PathLike | None = None) -> tuple[list[str],
     the doctor does not trust the load-time stamp)."""
     from safetensors.torch import load_file
 
-    from .errors import ModelError
-    from .models.integrity import check_finite, forget_verified, record_verified, verify_weights_file
-    from .models.registry import installed_models
-    from .paths import model_dir
+    from ..errors import ModelError
+    from ..models.integrity import check_finite, forget_verified, record_verified, verify_weights_file
+    from ..models.registry import installed_models
+    from ..paths import model_dir
 
     checked, findings = [], []
     if not model_dir(cache_dir).is_dir():
@@ -185,9 +185,9 @@ def run_doctor(workspace: Any = None, *, cache_dir: str | os.PathLike | None = N
                repair: bool = False) -> DoctorReport:
     """Check (and with ``repair`` fix) the tile cache, the workspace's stores and fused caches (when
     a workspace is given or found), and the installed models."""
-    from .paths import tile_cache_path
-    from .store.embeddings import embedding_store_location
-    from .tiles.cache import TileCache
+    from ..paths import tile_cache_path
+    from ..store.embeddings import embedding_store_location
+    from ..tiles.cache import TileCache
 
     checked: list[str] = []
     findings: list[Finding] = []

@@ -13,8 +13,9 @@ from typing import Any
 
 from ..errors import CacheError, InputError, ModelError
 from ..progress import info
-from .engine import QueryResult, encode_queries, run_query
-from .plan import QueryOptions, make_plan
+from ..query.engine import QueryResult, encode_queries, run_query
+from ..query.plan import QueryOptions, make_plan
+from .models import load_named_model, load_query_model
 
 FUSED_CACHE_DIR = "fused"
 """Sub-directory of a workspace holding cached fused embeddings."""
@@ -56,23 +57,6 @@ def choose_zoom(workspace: Any, zoom: int | None, store_url: str | None = None) 
     return zooms[0]
 
 
-def load_query_model(model: Any, store: Any, *, device: str = "auto", cache_dir: str | os.PathLike | None = None) -> Any:
-    """The model to query with: ``model`` if loaded, else by name, else the one that made the store."""
-    if model is not None and hasattr(model, "fuse"):
-        return model
-    name = str(model) if model is not None else str(store.identity.model_name)
-    return _load_model(name, device=device, cache_dir=cache_dir)
-
-
-def _load_model(name: str, *, device: str, cache_dir: str | os.PathLike | None) -> Any:
-    """Load an installed model by name (under ``--cache-dir`` when given) or from a directory."""
-    from ..models.soundscape import CONFIG_FILE, load_model
-    from ..paths import model_dir
-
-    installed = model_dir(cache_dir) / name
-    return load_model(installed if (installed / CONFIG_FILE).is_file() else name, device=device)
-
-
 def check_model_matches_store(model: Any, store: Any) -> None:
     """A query must fuse image features with the model that encoded them (same weights and
     preprocessing): a one-line CacheError saying what to do otherwise."""
@@ -97,14 +81,17 @@ def query_workspace(workspace: Any, options: QueryOptions, *, model: Any = None,
     model-independent checks first, then the checks that need the model's metadata components.
     """
     from ..store.embeddings import open_embedding_store, require_complete
-    from ..workspace import Workspace
+    from .workspace import Workspace
 
     make_plan(options)  # fail fast on hour 25, no query, --rgb with two queries, ...
     ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
     zoom = choose_zoom(ws, options.zoom, store_url)
     store = open_embedding_store(ws, zoom, store_url=store_url)
     require_complete(store, partial=partial)  # a map of a store still being embedded is mostly nodata
-    loaded = load_query_model(model, store, device=device, cache_dir=cache_dir)
+    from ..models.partial import query_parts
+
+    loaded = load_query_model(model, store, device=device, cache_dir=cache_dir,
+                              parts=query_parts(options.texts, options.audios))  # e.g. no ViT for a text query
     check_model_matches_store(loaded, store)
     plan = make_plan(options, loaded)
     cache_root = Path(ws.path) / FUSED_CACHE_DIR if fused_cache else None
@@ -142,7 +129,7 @@ def ensure_map_model(model: Any, family: str, *, yes: bool, confirm: Callable[[s
             raise ModelError(f"model {name!r} is not installed; run `soundmap models pull {name}`, "
                              "or pass --yes to pull it now, or pass --model")
         registry.pull_model(name, cache_dir=cache_dir)
-    return _load_model(name, device=device, cache_dir=cache_dir)
+    return load_named_model(name, device=device, cache_dir=cache_dir)
 
 
 def pull_question(name: str, cache_dir: str | os.PathLike | None = None) -> str:
@@ -169,9 +156,9 @@ def map_region(bbox: Any, options: QueryOptions, *, source: str = MAP_DEFAULT_SO
     the same region (another query, another hour) reuses its tiles, embeddings and fusions.
     """
     from ..geo.bbox import parse_bbox
-    from ..store.pipeline import embed_region
+    from .embed import embed_region
     from ..tiles.sources import resolve_source
-    from ..workspace import Workspace, fetch_workspace
+    from .workspace import Workspace, fetch_workspace
 
     box = parse_bbox(bbox) if isinstance(bbox, str) else bbox
     make_plan(options)
@@ -209,7 +196,7 @@ def workspace_imagery(ws: Any, cache_dir: str | os.PathLike | None = None) -> An
 
 def confirm_download(ws: Any, cache: Any, *, yes: bool, confirm: Callable[[str], bool]) -> None:
     """Ask before a large download (as ``soundmap tiles fetch`` does); ``yes`` skips the question."""
-    from ..workspace import estimate_download, plan_zoom
+    from .workspace import estimate_download, plan_zoom
 
     estimate = estimate_download(ws.source(), [plan_zoom(ws, z) for z in ws.zooms], cache)
     if estimate.to_fetch <= MAP_CONFIRM_ABOVE_TILES or yes:
@@ -233,7 +220,7 @@ def map_workspace_dir(bbox: Any, source: Any, zoom: int, stride: float | None,
 
 def _map_workspace(path: Path, bbox: Any, source: Any, zoom: int, stride: float | None) -> Any:
     """Reuse the workspace at ``path`` when it is for the same region, else create it."""
-    from ..workspace import Workspace
+    from .workspace import Workspace
 
     if Workspace.exists(path):
         ws = Workspace.load(path)
@@ -247,4 +234,20 @@ def _map_workspace(path: Path, bbox: Any, source: Any, zoom: int, stride: float 
     return ws
 
 
-__all__ = ["choose_zoom", "default_map_zoom", "embedded_zooms", "map_region", "query_workspace"]
+def subcell_for_workspace(workspace: Any, options: Any, *, model: Any = None, device: str = "auto",
+                          cache_dir: str | os.PathLike | None = None, store_url: str | None = None) -> Path:
+    """``soundmap query --subcell``: the sub-cell COG of a workspace's queries."""
+    from ..query.subcell import write_subcell_map
+    from ..store.embeddings import open_embedding_store
+    from .workspace import Workspace
+
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
+    zoom = choose_zoom(ws, options.zoom, store_url)
+    store = open_embedding_store(ws, zoom, store_url=store_url)
+    loaded = load_query_model(model, store, device=device, cache_dir=cache_dir)
+    check_model_matches_store(loaded, store)
+    return write_subcell_map(make_plan(options, loaded), model=loaded, store=store)
+
+
+__all__ = ["choose_zoom", "default_map_zoom", "embedded_zooms", "map_region", "query_workspace",
+           "subcell_for_workspace"]

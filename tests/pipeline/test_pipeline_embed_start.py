@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from soundmap.store.pipeline import CellGroup, quick_start
+from soundmap.pipeline.embed import CellGroup, quick_start
 
 
 def group(n: int, start: int = 0, last: bool = True, block_col: int = 0) -> CellGroup:

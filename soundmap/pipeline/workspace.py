@@ -17,20 +17,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .atomic import write_text_atomic
-from .errors import CacheError, InputError
-from .families import check_zoom
-from .paths import tile_cache_path, workspace_dir
-from .progress import info
-from .tiles.sources import TileSource
+from .. import __version__
+from ..atomic import write_text_atomic
+from ..errors import CacheError, InputError
+from ..families import check_zoom
+from ..paths import tile_cache_path, workspace_dir
+from ..progress import info
+from ..tiles.sources import TileSource
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .geo.bbox import BBox
-    from .geo.grid import Grid
-    from .tiles.cache import TileCache
+    from ..geo.bbox import BBox
+    from ..geo.grid import Grid
+    from ..tiles.cache import TileCache
 
 WORKSPACE_FILE = "workspace.json"
 _CELLS_PER_CHUNK = 20_000
@@ -85,7 +85,7 @@ class Workspace:
                tiles_config: str | os.PathLike | None = None) -> "Workspace":
         """A workspace for ``bbox`` (or the AOI file ``aoi``) on ``source`` at PSM ``zooms``
         (one Grid per zoom, built now). Not written until :meth:`save`."""
-        from .geo.grid import make_grid
+        from ..geo.grid import make_grid
 
         if (bbox is None) == (aoi is None):
             raise InputError("give exactly one of --bbox W,S,E,N or --aoi FILE")
@@ -179,7 +179,7 @@ class Workspace:
 
     def grid(self, zoom: int) -> "Grid":
         """The Grid of PSM zoom ``zoom`` (CacheError naming the recorded zooms if absent)."""
-        from .geo.grid import Grid
+        from ..geo.grid import Grid
 
         check_zoom(zoom)  # a level that cannot exist is a typo, not a zoom still to fetch
         if zoom not in self.grids:
@@ -190,7 +190,7 @@ class Workspace:
 
     def tile_cache(self, cache_dir: str | os.PathLike | None = None) -> "TileCache":
         """The shared tile cache (``--cache-dir`` > ``SOUNDMAP_CACHE`` > XDG)."""
-        from .tiles.cache import TileCache
+        from ..tiles.cache import TileCache
 
         return TileCache(tile_cache_path(cache_dir))
 
@@ -208,7 +208,7 @@ class Workspace:
         if geometry is None:
             return None
         if zoom not in self._mask_cache:
-            from .geo.aoi import aoi_mask
+            from ..geo.aoi import aoi_mask
 
             self._mask_cache[zoom] = aoi_mask(self.grid(zoom), geometry)
         return self._mask_cache[zoom]
@@ -247,8 +247,8 @@ def workspace_for_fetch(path: str | os.PathLike | None = None, *, bbox: str | No
     ``invalidate``: a dry run changes nothing)."""
     from dataclasses import replace
 
-    from .families import get_family
-    from .tiles.sources import resolve_source
+    from ..families import get_family
+    from ..tiles.sources import resolve_source
 
     if bbox is not None and aoi is not None:
         raise InputError("give either --bbox or --aoi, not both")
@@ -322,7 +322,7 @@ class ZoomPlan:
 
 def plan_zoom(workspace: Workspace, zoom: int) -> ZoomPlan:
     """Exactly the tiles the cells of ``zoom`` need (only cells inside the AOI when there is one)."""
-    from .geo.tileplan import tiles_for_grid
+    from ..geo.tileplan import tiles_for_grid
 
     grid = workspace.grid(zoom)
     web_zoom, xy = tiles_for_grid(grid, workspace.source(), mask=workspace.aoi_mask(zoom))
@@ -340,7 +340,7 @@ def cells_lacking_imagery(workspace: Workspace, zoom: int, cache: "TileCache",
     """
     import numpy as np
 
-    from .geo.tileplan import cell_tile_outlines, touched_tiles, wrap_tiles
+    from ..geo.tileplan import cell_tile_outlines, touched_tiles, wrap_tiles
 
     grid = workspace.grid(zoom)
     lacking = np.zeros((grid.rows, grid.cols), dtype=bool)
@@ -414,7 +414,7 @@ def fetch_workspace(workspace: Workspace, cache: "TileCache", plans: list[ZoomPl
     imagery (only computed where some tile is missing). Local raster sources need no download."""
     import numpy as np
 
-    from .tiles.fetch import fetch_tiles
+    from ..tiles.fetch import fetch_tiles
 
     source = workspace.source()
     plans = plans if plans is not None else [plan_zoom(workspace, z) for z in workspace.zooms]
@@ -437,12 +437,12 @@ def fetch_workspace(workspace: Workspace, cache: "TileCache", plans: list[ZoomPl
 
 def _region(bbox: "BBox | str | None", aoi: str | os.PathLike | None) -> "tuple[Region, BBox]":
     """The Region record and the BBox the grids cover."""
-    from .geo.bbox import BBox, parse_bbox
+    from ..geo.bbox import BBox, parse_bbox
 
     if aoi is not None:
         from shapely.geometry import mapping
 
-        from .geo.aoi import read_aoi
+        from ..geo.aoi import read_aoi
 
         box, geometry = read_aoi(aoi)
         geojson = json.loads(json.dumps(mapping(geometry)))  # tuples -> lists, JSON-safe

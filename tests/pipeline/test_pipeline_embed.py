@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from soundmap.errors import CacheError
-from soundmap.store import CellState, embed_region, open_embedding_store
-from soundmap.store.pipeline import prefetched
-from soundmap.tiles.render import render_cells
+from soundmap.pipeline.embed import embed_region
+from soundmap.store import CellState, open_embedding_store
+from soundmap.pipeline.embed import prefetched
 from soundmap.tiles.sources import resolve_source
-from soundmap.workspace import Workspace, cells_lacking_imagery, plan_zoom
+from soundmap.pipeline.workspace import Workspace, cells_lacking_imagery, plan_zoom
 from tests.fixtures.embed_workspace import EMBED_BBOX, EMBED_ZOOM as Z, fetch_test_workspace
 from tests.fixtures.tileserver import TileServer
 
@@ -37,6 +37,15 @@ def _count_images(model, monkeypatch: pytest.MonkeyPatch, fail_on_call: int | No
     return calls
 
 
+def _rendered(grid, rows, cols, ws):  # type: ignore[no-untyped-def]
+    """The cells as the embed loop renders them (its renderer for this source on the CPU)."""
+    from soundmap.pipeline.blocks import CellGroup, make_renderer
+
+    group = CellGroup(block=(slice(0, grid.rows), slice(0, grid.cols)), rows=rows, cols=cols, last_in_block=True)
+    rendered = make_renderer(grid, ws.source(), ws.tile_cache(), device="cpu")(group)
+    return rendered.images, rendered.valid
+
+
 def test_store_holds_the_encoder_features_of_the_rendered_cells(fetched_workspace: Path, tiny_model) -> None:
     report = embed_region(fetched_workspace, Z, tiny_model, batch_size=3, workers=2, progress=False,
                           dtype="float32", chunk_cells=2)
@@ -53,7 +62,7 @@ def test_store_holds_the_encoder_features_of_the_rendered_cells(fetched_workspac
 
     rows = np.array([0, 0, 1, 1, 0])
     cols = np.array([0, 1, 2, 3, 3])
-    pixels, valid = render_cells(grid, rows, cols, ws.source(), ws.tile_cache())
+    pixels, valid = _rendered(grid, rows, cols, ws)
     assert valid.all()
     expected = tiny_model.encode_image(pixels, Z).detach().float().numpy()
     stored = np.asarray(store.features[:])[rows, cols]
@@ -118,7 +127,7 @@ def test_an_interrupted_embed_resumes_with_only_the_remaining_cells(
     ws = Workspace.load(workspace)
     grid = ws.grid(Z)
     rows, cols = (a.ravel() for a in np.indices(grid.shape))
-    pixels, valid = render_cells(grid, rows, cols, ws.source(), ws.tile_cache())
+    pixels, valid = _rendered(grid, rows, cols, ws)
     assert valid.all()
     uninterrupted = tiny_model.encode_image(pixels, Z).detach().float().numpy().reshape(*grid.shape, -1)
     resumed = np.asarray(open_embedding_store(workspace, Z).features[:])
@@ -222,7 +231,7 @@ def test_cells_outside_the_aoi_are_marked_outside_and_never_rendered(
 
 
 def test_a_second_embed_on_the_same_store_fails_fast_while_the_first_runs(tmp_path: Path) -> None:
-    from soundmap.store.pipeline import exclusive_lock
+    from soundmap.pipeline.embed import exclusive_lock
 
     lock = tmp_path / "zoom1.zarr.lock"
     with exclusive_lock(lock):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from soundmap.errors import CacheError, InputError
-from soundmap.query.workflow import choose_zoom, embedded_zooms
+from soundmap.pipeline.query import choose_zoom, embedded_zooms
 
 
 def _fake_store(workspace: Path, zoom: int) -> None:

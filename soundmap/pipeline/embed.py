@@ -1,4 +1,6 @@
-"""The embed loop: render every cell of a workspace's grid, encode it, stream it into the store.
+"""The embed workflow on one machine: render every cell of a workspace's grid, encode it, stream
+it into the store. What is done per block is :mod:`soundmap.pipeline.blocks` (the same functions
+the Dask executor in :mod:`soundmap.distributed.embed` runs); this module schedules them.
 
 Shape of the loop, and why:
 
@@ -19,6 +21,7 @@ Shape of the loop, and why:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from collections import deque
@@ -30,19 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CacheError, InputError, ModelError, TileError
+from ..errors import CacheError, InputError, TileError
 from ..progress import info
 from ..progress import progress as progress_bar
-from .embeddings import (CHUNK_CELLS, STORAGE_DTYPES, CellState, EmbeddingStore, StoreIdentity, StoreLocation,
-                         embedding_store_location, is_store_url, store_exists)
-
-#: Default images per forward pass: small on CPU (no gain from large batches, lower latency per
-#: flushed batch), large on GPU (throughput).
-DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 128}
-#: Cells per render call: the renderer decodes each tile once per call, and neighbouring cells
-#: share tiles, so render more cells at a time than a CPU model batch holds.
-MIN_RENDER_GROUP = 64
-
+from ..store.embeddings import (CHUNK_CELLS, STORAGE_DTYPES, CellState, EmbeddingStore, StoreIdentity, StoreLocation,
+                         embedding_store_location, is_store_url)
+from .blocks import (CellGroup, block_cells, block_groups, default_batch_size, encode_block, make_renderer,
+                     open_store, pending_blocks, render_group_size, state_bands)
+from .models import model_on_device, resolve_device, resolve_model
 
 def default_workers(device: Any) -> int:
     """Render threads: on CPU the renderer competes with the encoder for the same cores, and
@@ -52,11 +50,6 @@ def default_workers(device: Any) -> int:
     if getattr(device, "type", str(device)) == "cuda":
         return max(1, cpus - 1)
     return max(1, min(2, cpus))
-
-
-def render_group_size(batch_size: int) -> int:
-    """Cells per render call: whole model batches, at least ``MIN_RENDER_GROUP`` cells."""
-    return batch_size * max(1, -(-MIN_RENDER_GROUP // batch_size))
 
 
 @dataclass
@@ -96,34 +89,6 @@ class EmbedReport:
         return text
 
 
-@dataclass(frozen=True)
-class CellGroup:
-    """Cells still to embed that one render call handles (several model batches), all in one
-    chunk-aligned block, row-major (neighbours share tiles, so each tile is decoded once)."""
-
-    block: tuple[slice, slice]
-    rows: np.ndarray
-    cols: np.ndarray
-    last_in_block: bool
-
-
-@dataclass
-class RenderedGroup:
-    """A :class:`CellGroup` rendered: images of its cells that have imagery, and which those are."""
-
-    group: CellGroup
-    images: Any            #: torch uint8 tensor n_valid × H × W × 3 (pinned when feeding CUDA)
-    valid: np.ndarray      #: bool, one per cell of the group
-
-
-@dataclass
-class _BlockBuffer:
-    """One block's features and states while the loop fills it (storage dtype)."""
-
-    features: np.ndarray
-    state: np.ndarray
-
-
 @dataclass
 class CellCounts:
     """What the state array says before a run: cells to embed, already embedded, outside the AOI."""
@@ -135,76 +100,6 @@ class CellCounts:
 
 # --------------------------------------------------------------------------- devices and models
 
-def resolve_device(device: str | Any = "auto") -> Any:
-    """``auto`` → CUDA when available, else CPU; an unavailable ``cuda`` is a one-line InputError."""
-    import torch
-
-    if isinstance(device, torch.device):
-        return device
-    text = str(device or "auto").strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device} asked for a GPU but torch sees no CUDA device; use --device cpu or auto")
-    try:
-        return torch.device(text)
-    except RuntimeError:
-        raise InputError(f"--device expects auto, cpu or cuda[:N], got {device!r}") from None
-
-
-def resolve_model(model: Any, *, family: str, device: Any, cache_dir: str | os.PathLike | None = None) -> Any:
-    """A loaded model: ``model`` itself when already loaded, else loaded by name/path (looked up
-    under ``--cache-dir`` first), else the installed PSM model of ``family``."""
-    if model is not None and hasattr(model, "encode_image"):
-        return model
-    from ..models.soundscape import load_model
-    from ..paths import model_dir
-
-    name = str(model) if model is not None else default_model_name(family, cache_dir=cache_dir)
-    installed = model_dir(cache_dir) / name
-    return load_model(installed if (installed / "config.json").is_file() else name, device=device)
-
-
-def default_model_name(family: str, *, cache_dir: str | os.PathLike | None = None) -> str:
-    """The installed PSM model trained on ``family`` imagery (preferring one that takes metadata,
-    the paper's headline models); ModelError naming the ``soundmap models pull`` to run if none."""
-    from ..families import get_family
-    from ..models.registry import installed_models, load_registry
-
-    wanted = get_family(family).name
-    candidates = [m for m in installed_models(cache_dir)
-                  if m.config.variant == "psm" and get_family(m.config.family).name == wanted]
-    if candidates:
-        return sorted(candidates, key=lambda m: (not m.config.metadata, m.name))[0].name
-    released = sorted((e for e in load_registry().entries.values() if e.variant == "psm" and e.family == wanted),
-                      key=lambda e: (not e.metadata, e.name))
-    suggestion = f"`soundmap models pull {released[0].name}`" if released else "`soundmap models pull NAME`"
-    raise ModelError(f"no PSM model for {wanted} imagery is installed; run {suggestion} "
-                     "(see `soundmap models list --available`) or pass --model NAME")
-
-
-def encoder_autocast(device: Any, precision: str = "auto") -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (fp16 if the GPU has no bf16), nothing on CPU (fp32 is faster there)
-    or when ``precision`` is ``fp32``."""
-    import torch
-
-    if device.type != "cuda" or precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-def encode_batch(model: Any, images: Any, zoom: int, device: Any) -> np.ndarray:
-    """Pre-fusion features (n × D float32 numpy) of a uint8 n × H × W × 3 batch."""
-    import torch
-
-    with torch.inference_mode(), encoder_autocast(device, getattr(model, "precision", "auto")):
-        if images.device != device:
-            images = images.to(device, non_blocking=True)
-        features = model.encode_image(images, zoom)
-    return features.detach().float().cpu().numpy()
-
-
 def store_identity(model: Any, source: Any, grid: Any, zoom: int) -> StoreIdentity:
     """What the features depend on: the model's weights and preprocessing, the imagery, the grid."""
     return StoreIdentity(model_name=str(model.name), weights_sha256=str(model.weights_sha256),
@@ -213,38 +108,13 @@ def store_identity(model: Any, source: Any, grid: Any, zoom: int) -> StoreIdenti
                          grid=grid.to_dict(), precision=str(getattr(model, "image_precision", "fp32")))
 
 
-def feature_dim(model: Any, grid: Any, zoom: int, device: Any) -> int:
-    """Width D of the model's pre-fusion image feature: the config's ``fc_dim`` (the projector's
-    output), else found by encoding one blank cell (for models without that config)."""
-    import torch
-
-    configured = getattr(model, "feature_dim", None)  # a family whose cached feature is not fc_dim wide (Sat2Sound)
-    if not isinstance(configured, int):
-        configured = getattr(getattr(model, "config", None), "fc_dim", None)
-    if isinstance(configured, int) and configured > 0:
-        return configured
-    blank = torch.zeros((1, grid.tile_px, grid.tile_px, 3), dtype=torch.uint8)
-    return int(encode_batch(model, blank, zoom, device).shape[-1])
-
-
 # --------------------------------------------------------------------------- planning
-
-def _state_bands(store: EmbeddingStore, inside: np.ndarray | None) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-    """(row slice, states, inside-AOI mask) one band of chunk rows at a time, so that only a band
-    of the grid's states is ever in memory."""
-    rows, _ = store.shape
-    for r0 in range(0, rows, store.chunk_cells):
-        band_rows = slice(r0, min(r0 + store.chunk_cells, rows))
-        band = store.read_states(band_rows, slice(None))
-        band_inside = inside[band_rows, :] if inside is not None else np.ones(band.shape, dtype=bool)
-        yield band_rows, band, band_inside
-
 
 def count_cells(store: EmbeddingStore, inside: np.ndarray | None) -> CellCounts:
     """Count the cells to embed and those done, marking PENDING cells outside the AOI as OUTSIDE
     on the way (states only: no features involved, so no ordering concern)."""
     counts = CellCounts()
-    for band_rows, band, band_inside in _state_bands(store, inside):
+    for band_rows, band, band_inside in state_bands(store, inside):
         newly_outside = ~band_inside & (band == CellState.PENDING)
         if newly_outside.any():
             band = np.where(newly_outside, np.uint8(CellState.OUTSIDE), band).astype(np.uint8)
@@ -254,22 +124,6 @@ def count_cells(store: EmbeddingStore, inside: np.ndarray | None) -> CellCounts:
         counts.outside += int((~band_inside).sum())
         counts.todo += int((band_inside & ~done).sum())
     return counts
-
-
-def iter_groups(store: EmbeddingStore, inside: np.ndarray | None, group_size: int) -> Iterator[CellGroup]:
-    """The cells still to embed (inside the AOI, not EMBEDDED), lazily, block by chunk-aligned
-    block in row-major order, cut into render groups of at most ``group_size`` cells."""
-    _, cols = store.shape
-    chunk = store.chunk_cells
-    for band_rows, band, band_inside in _state_bands(store, inside):
-        todo = band_inside & (band != CellState.EMBEDDED)
-        for c0 in range(0, cols, chunk):
-            block = (band_rows, slice(c0, min(c0 + chunk, cols)))
-            local_r, local_c = np.nonzero(todo[:, block[1]])
-            for start in range(0, len(local_r), group_size):
-                stop = start + group_size
-                yield CellGroup(block=block, rows=local_r[start:stop] + band_rows.start,
-                                cols=local_c[start:stop] + c0, last_in_block=stop >= len(local_r))
 
 
 def quick_start(groups: Iterable[CellGroup], batch_size: int) -> Iterator[CellGroup]:
@@ -293,25 +147,6 @@ def quick_start(groups: Iterable[CellGroup], batch_size: int) -> Iterator[CellGr
 
 
 # --------------------------------------------------------------------------- rendering
-
-def make_renderer(grid: Any, source: Any, cache: Any, pin_memory: bool) -> Callable[[CellGroup], RenderedGroup]:
-    """The function the render threads run: cells → uint8 images of the cells that have imagery."""
-    import torch
-
-    from ..tiles.render import render_cells
-
-    def render(group: CellGroup) -> RenderedGroup:
-        pixels, valid = render_cells(grid, group.rows, group.cols, source, cache)
-        valid = np.asarray(valid, dtype=bool)
-        if not valid.all():
-            pixels = pixels[valid]
-        images = torch.from_numpy(np.ascontiguousarray(pixels))
-        if pin_memory and len(images):
-            images = images.pin_memory()
-        return RenderedGroup(group=group, images=images, valid=valid)
-
-    return render
-
 
 def prefetched(executor: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any],
                depth: int) -> Iterator[Any]:
@@ -341,7 +176,7 @@ def prefetched(executor: ThreadPoolExecutor, fn: Callable[[Any], Any], items: It
 # --------------------------------------------------------------------------- the loop
 
 def _as_workspace(workspace: Any) -> Any:
-    from ..workspace import Workspace
+    from .workspace import Workspace
 
     if isinstance(workspace, Workspace):
         return workspace
@@ -350,7 +185,7 @@ def _as_workspace(workspace: Any) -> Any:
 
 def check_tiles_fetched(workspace: Any, zoom: int, cache: Any) -> None:
     """TileError (one line) when not one tile of the zoom's plan is cached: embed before fetch."""
-    from ..workspace import plan_zoom
+    from .workspace import plan_zoom
 
     source = workspace.source()
     if not source.is_remote:
@@ -403,7 +238,7 @@ def embed_region(workspace: Any, zoom: int, model: Any = None, *, batch_size: in
     The store is in the workspace directory, or under the workspace's store URL (``store_url``,
     else ``$SOUNDMAP_STORE_URL``, else the one recorded in the workspace: see
     :func:`~soundmap.store.embeddings.embedding_store_location`).
-    ``workspace`` is a :class:`~soundmap.workspace.Workspace` or its directory; ``model`` a loaded
+    ``workspace`` is a :class:`~soundmap.pipeline.workspace.Workspace` or its directory; ``model`` a loaded
     model, a model name/path, or None for the installed PSM model of the source's family.
     Resumes an existing store made with the same model, source, preprocessing and grid; refuses
     (CacheError) one made differently unless ``overwrite``. Cells without imagery are marked and
@@ -420,16 +255,17 @@ def embed_region(workspace: Any, zoom: int, model: Any = None, *, batch_size: in
     check_tiles_fetched(ws, zoom, cache)
     target = resolve_device(device)
     model = resolve_model(model, family=source.family, device=target, cache_dir=cache_dir)
-    target = _model_device(model, target)
+    target = model_on_device(model, target)
     if precision is not None and hasattr(model, "set_precision"):
         model.set_precision(precision)
-    batch_size = int(batch_size if batch_size is not None else DEFAULT_BATCH_SIZE.get(target.type, 8))
+    batch_size = int(batch_size if batch_size is not None else default_batch_size(target.type))
 
     job = _EmbedJob(workspace=ws, zoom=zoom, model=model, grid=grid, source=source, cache=cache, device=target,
                     batch_size=batch_size, workers=int(workers or default_workers(target)))
     path = embedding_store_location(ws, zoom, store_url)
     with store_lock(path):
-        store = _open_store(path, job, dtype, overwrite, chunk_cells)
+        store = open_store(path, job.identity, model, grid, zoom, device=target, dtype=dtype, overwrite=overwrite,
+                           chunk_cells=chunk_cells)
         return _embed_into(store, job, progress, on_batch)
 
 
@@ -460,14 +296,26 @@ def _embed_into(store: EmbeddingStore, job: _EmbedJob, progress: bool,
     report = EmbedReport(zoom=job.zoom, store_path=store.path, total_cells=job.grid.rows * job.grid.cols,
                          already_done=counts.already_done, outside=counts.outside,
                          model_name=str(job.model.name), device=str(job.device))
-    renderer = make_renderer(job.grid, job.source, job.cache, pin_memory=job.device.type == "cuda")
+    renderer = make_renderer(job.grid, job.source, job.cache, pin_memory=job.device.type == "cuda", device=job.device)
     started = time.perf_counter()
     bar = progress_bar(total=counts.todo, desc=f"embed zoom {job.zoom}", unit="cell") if progress else _NullBar()
     executor = ThreadPoolExecutor(max_workers=job.workers, thread_name_prefix="soundmap-render")
+
+    def batch_done(n_valid: int, n_missing: int) -> None:
+        report.embedded += n_valid
+        report.missing += n_missing
+        report.batches += bool(n_valid)
+        report.seconds = time.perf_counter() - started
+        bar.update(n_valid + n_missing)
+        if on_batch is not None:
+            on_batch(report)
+
     try:
-        planned = iter_groups(store, inside, render_group_size(job.batch_size))
-        groups = prefetched(executor, renderer, quick_start(planned, job.batch_size), job.workers + 1)
-        _run_batches(store, job, groups, report, bar, on_batch, started)
+        planned = _planned_groups(store, inside, render_group_size(job.batch_size))
+        rendered = prefetched(executor, renderer, quick_start(planned, job.batch_size), job.workers + 1)
+        for block, block_rendered in itertools.groupby(rendered, key=lambda item: _block_key(item.group)):
+            encode_block(store, _block_slices(block), block_rendered, model=job.model, zoom=job.zoom,
+                         device=job.device, batch_size=job.batch_size, flush_every_batch=True, on_batch=batch_done)
     finally:
         report.seconds = time.perf_counter() - started
         executor.shutdown(wait=False, cancel_futures=True)
@@ -475,42 +323,21 @@ def _embed_into(store: EmbeddingStore, job: _EmbedJob, progress: bool,
     return report
 
 
-def _run_batches(store: EmbeddingStore, job: _EmbedJob, rendered: Iterable[RenderedGroup], report: EmbedReport,
-                 bar: Any, on_batch: Callable[[EmbedReport], None] | None, started: float) -> None:
-    """Encode each rendered group batch by batch, writing its block after every batch: the only
-    place features reach the store."""
-    buffers: dict[tuple[int, int], _BlockBuffer] = {}
-    batch_size = job.batch_size
-    for item in rendered:
-        group = item.group
-        rows, cols = group.block
-        key = (rows.start, cols.start)
-        if key not in buffers:
-            features, state = store.read_block(rows, cols)
-            buffers[key] = _BlockBuffer(features=np.array(features), state=np.array(state))
-        buffer = buffers[key]
-        local_r, local_c = group.rows - rows.start, group.cols - cols.start
-        image_index = np.cumsum(item.valid) - 1  # position of each valid cell among the images
-        for start in range(0, len(group.rows), batch_size):
-            cells = slice(start, start + batch_size)
-            valid = item.valid[cells]
-            r, c = local_r[cells], local_c[cells]
-            if valid.any():
-                picks = image_index[cells][valid]
-                images = item.images[int(picks[0]):int(picks[-1]) + 1]
-                buffer.features[r[valid], c[valid]] = encode_batch(job.model, images, job.zoom, job.device)
-                report.batches += 1
-            buffer.state[r, c] = np.where(valid, CellState.EMBEDDED, CellState.NO_IMAGERY)
-            store.write_block(rows, cols, buffer.features if valid.any() else None, buffer.state)
-            n_valid = int(valid.sum())
-            report.embedded += n_valid
-            report.missing += len(valid) - n_valid
-            report.seconds = time.perf_counter() - started
-            bar.update(len(valid))
-            if on_batch is not None:
-                on_batch(report)
-        if group.last_in_block:
-            del buffers[key]
+def _planned_groups(store: EmbeddingStore, inside: np.ndarray | None, group_size: int) -> Iterator[CellGroup]:
+    """Render groups of every pending block, lazily (each block's cells read when reached)."""
+    for todo in pending_blocks(store, inside):
+        cell_rows, cell_cols, _ = block_cells(store, todo)
+        yield from block_groups(todo, cell_rows, cell_cols, group_size)
+
+
+def _block_key(group: CellGroup) -> tuple[int, int, int, int]:
+    rows, cols = group.block
+    return (rows.start, rows.stop, cols.start, cols.stop)
+
+
+def _block_slices(key: tuple[int, int, int, int]) -> tuple[slice, slice]:
+    """The block's slices back from its :func:`_block_key`."""
+    return slice(key[0], key[1]), slice(key[2], key[3])
 
 
 @contextlib.contextmanager
@@ -564,26 +391,3 @@ class _NullBar:
 
     def close(self) -> None:
         return None
-
-
-def _model_device(model: Any, wanted: Any) -> Any:
-    """The device the model's weights are on (moved there when the caller asked for another)."""
-    import torch
-
-    current = torch.device(getattr(model, "device", wanted))
-    if current.type != wanted.type:
-        model.to(wanted)
-        return wanted
-    return current
-
-
-def _open_store(path: StoreLocation, job: _EmbedJob, dtype: str, overwrite: bool, chunk_cells: int) -> EmbeddingStore:
-    """The existing store (resume, after checking it was made the same way) or a new one."""
-    exists = store_exists(path) if is_store_url(path) else Path(path).exists()
-    if exists and not overwrite:
-        store = EmbeddingStore.open(path, writable=True)
-        store.require_identity(job.identity)
-        return store
-    dim = feature_dim(job.model, job.grid, job.zoom, job.device)
-    return EmbeddingStore.create(path, job.identity, rows=job.grid.rows, cols=job.grid.cols, feature_dim=dim,
-                                 dtype=dtype, chunk_cells=chunk_cells)
