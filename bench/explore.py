@@ -101,7 +101,8 @@ def build_workspace(root: Path, model: Any, n_cells: int) -> Path:
     ws = Workspace.create(root / f"ws{n_cells}", source=source, zooms=[1], bbox=REGION, stride=grid.stride)
     assert ws.grid(1) == grid, "the workspace grid must be the synthetic store's"
     ws.save()
-    write_synthetic_store(embedding_store_path(ws.path, 1), model, n_cells)
+    write_synthetic_store(embedding_store_path(ws.path, 1), model, n_cells, source_name=source.name,
+                          source_key=source.cache_key)
     return Path(ws.path)
 
 

@@ -82,8 +82,10 @@ def synthetic_grid(n_cells: int) -> Any:
     return make_grid(parse_bbox(REGION), "sentinel", ZOOM, stride=max(1.0, stride))
 
 
-def write_synthetic_store(path: Path, model: Any, n_cells: int, seed: int = 0) -> Any:
-    """An embedding store of the pipeline's layout holding random features, block by block."""
+def write_synthetic_store(path: Path, model: Any, n_cells: int, seed: int = 0, *, source_name: str = "synthetic",
+                          source_key: str = "synthetic") -> Any:
+    """An embedding store of the pipeline's layout holding random features, block by block
+    (``source_*``: the imagery a workspace holding it records, which a query checks)."""
     import numpy as np
 
     from soundmap.store.embeddings import CellState, EmbeddingStore, StoreIdentity
@@ -91,7 +93,7 @@ def write_synthetic_store(path: Path, model: Any, n_cells: int, seed: int = 0) -
     grid = synthetic_grid(n_cells)
     identity = StoreIdentity(model_name=model.name, weights_sha256=model.weights_sha256,
                              preprocess_version=model.preprocess_version, model_family=model.family,
-                             source_name="synthetic", source_key="synthetic", zoom=ZOOM, grid=grid.to_dict())
+                             source_name=source_name, source_key=source_key, zoom=ZOOM, grid=grid.to_dict())
     store = EmbeddingStore.create(path, identity, rows=grid.rows, cols=grid.cols, feature_dim=FEATURE_DIM)
     rng = np.random.default_rng(seed)
     for rows, cols in store.blocks():

@@ -73,10 +73,15 @@ def load_model_parts(name_or_path: str | os.PathLike, parts: Iterable[str], devi
     chosen = _check_parts(parts)
     keep = tuple(module for part in chosen for module in PARTS[part])
     directory, config, sha, weights = model_files(name_or_path, cache_dir, verify_hash=verify_hash)
+    if config.variant == "sat2sound":  # its own module tree: loaded whole (no part table for it yet)
+        from soundmap.models.soundscape import load_model
+
+        return load_model(directory, device, clap_files=clap_files, cache_dir=cache_dir)
     target = resolve_device(device)
     prefixes = tuple(f"{module}." for module in keep)
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as handle:
+            _check_whole_file(handle, weights, sha)
             state = {key: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefixes)}
     except (SafetensorError, OSError) as err:
         raise ModelError(f"cannot read {weights} ({err}); re-import the model") from None
@@ -84,6 +89,20 @@ def load_model_parts(name_or_path: str | os.PathLike, parts: Iterable[str], devi
     model.clap_files = Path(clap_files) if clap_files else _clap_files_under(cache_dir)
     model.loaded_parts = chosen
     return model.to(target).eval()
+
+
+def _check_whole_file(handle: Any, weights: Path, sha256: str) -> None:
+    """The load-time integrity checks of :func:`~soundmap.models.integrity.check_weights` (recorded
+    SHA-256, finite tensors) over the WHOLE file, one tensor at a time, so that a partial load
+    never stamps a file as verified after looking at only part of it."""
+    from soundmap.models.integrity import check_finite, record_verified, verify_weights_file, weights_verified
+
+    if weights_verified(weights, sha256):
+        return
+    verify_weights_file(weights, sha256)
+    for key in handle.keys():
+        check_finite({key: handle.get_tensor(key)}, weights)
+    record_verified(weights, sha256)
 
 
 def _assemble(config: Any, state: dict[str, torch.Tensor], keep: tuple[str, ...], *, name: str,

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..geo.grid import Grid
 from ..geo.tileplan import cell_tile_outlines, ground_resolution, tile_ranges, touched_tiles, web_mercator_zoom
-from .render import WEB_MERCATOR_HALF_WORLD_M, TileGetter, _as_indices, decode_tile, render_cells
+from .render import WEB_MERCATOR_HALF_WORLD_M, TileGetter, _as_indices, read_cached_tile, render_cells
 
 LATTICE = 16
 """Lattice intervals per cell side at which sampling positions are projected exactly (pyproj)."""
@@ -68,8 +68,7 @@ class _TileLRU:
             return self.tiles[key]
         tile = None
         if 0 <= y < n:
-            data = self.cache.get(self.source_key, self.z, key[0], y)
-            tile = decode_tile(data, self.tile_size, add_alpha=False) if data is not None else None
+            tile = read_cached_tile(self.cache, self.source_key, (self.z, key[0], y), self.tile_size, add_alpha=False)
             self.decodes += 1
         self.tiles[key] = tile
         self.nbytes += tile.nbytes if tile is not None else 0

@@ -122,6 +122,20 @@ def decode_tile(data: bytes, tile_size: int, *, add_alpha: bool = True) -> np.nd
     return array
 
 
+def read_cached_tile(cache: Any, source_key: str, tile: tuple[int, int, int], tile_size: int, *,
+                     add_alpha: bool = True) -> np.ndarray | None:
+    """A cached tile decoded (see :func:`decode_tile`), None when absent or undecodable; an
+    undecodable one is deleted from the cache on the way (:func:`forget_undecodable_tile`). The one
+    read path of both renderers."""
+    data = cache.get(source_key, *tile)
+    if data is None:
+        return None
+    decoded = decode_tile(data, tile_size, add_alpha=add_alpha)
+    if decoded is None:
+        forget_undecodable_tile(cache, source_key, tile)
+    return decoded
+
+
 def forget_undecodable_tile(cache: Any, source_key: str, tile: tuple[int, int, int]) -> None:
     """Delete a cached tile that no longer decodes (a damaged row), so that the next
     ``soundmap tiles fetch`` sees it missing and downloads it again; otherwise embed would say
@@ -151,11 +165,8 @@ class _DecodedTiles:
         n = 1 << self.z
         tile = None
         if 0 <= y < n:
-            data = self.cache.get(self.source_key, self.z, x % n, y)
-            tile = decode_tile(data, self.tile_size) if data is not None else None
+            tile = read_cached_tile(self.cache, self.source_key, (self.z, x % n, y), self.tile_size)
             self.decodes += 1
-            if data is not None and tile is None:
-                forget_undecodable_tile(self.cache, self.source_key, (self.z, x % n, y))
         self.tiles[key] = tile
         self.nbytes += tile.nbytes if tile is not None else 0
         return tile

@@ -54,3 +54,19 @@ def test_query_parts_follow_the_queries() -> None:
     assert query_parts(["x"], ["a.wav"]) == ("fusion", "text", "audio")
     with pytest.raises(ValueError):
         load_model_parts("unused", ["wings"])
+
+
+def test_a_partial_load_checks_the_whole_file(saved: Path) -> None:
+    """NaN in a part that is NOT loaded (the image encoder) is still refused by a text-query load, and
+    a file changed behind its recorded SHA-256 too: the load-time checks look at the whole file."""
+    from safetensors.torch import load_file, save_file
+
+    from soundmap.errors import ModelError
+
+    weights = saved / "model.safetensors"
+    state = load_file(str(weights))
+    key = next(k for k in state if k.startswith("image_encoder.") and state[k].is_floating_point())
+    state[key] = torch.full_like(state[key], float("nan"))
+    save_file(state, str(weights))
+    with pytest.raises(ModelError):
+        load_model_parts(saved, query_parts(["birds"], []), device="cpu")
