@@ -1,4 +1,4 @@
-"""soundmap: zero-shot soundscape maps from satellite imagery, audio and text (PSM / GeoCLAP).
+"""soundmap: zero-shot soundscape maps from satellite imagery, audio and text (PSM / GeoCLAP / Sat2Sound).
 
 The public API is imported lazily so that ``import soundmap`` (and the CLI's ``--help``) stay fast
 and do not pull in torch until a model is used.

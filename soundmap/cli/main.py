@@ -19,7 +19,7 @@ from ..errors import SoundmapError
 
 app = typer.Typer(
     name="soundmap",
-    help="What does this place sound like? Zero-shot soundscape maps (PSM / GeoCLAP) as GeoTIFFs.",
+    help="What does this place sound like? Zero-shot soundscape maps (PSM / GeoCLAP / Sat2Sound) as GeoTIFFs.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -51,7 +51,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
                                           help="Show the version and exit.")] = False,
 ) -> None:
-    """What does this place sound like? Zero-shot soundscape maps (PSM / GeoCLAP) as GeoTIFFs."""
+    """What does this place sound like? Zero-shot soundscape maps (PSM / GeoCLAP / Sat2Sound) as GeoTIFFs."""
 
 
 for _name in COMMAND_MODULES:

@@ -1,4 +1,4 @@
-"""``soundmap models``: import, pull, list, inspect and remove PSM / GeoCLAP models.
+"""``soundmap models``: import, pull, list, inspect and remove PSM / GeoCLAP / Sat2Sound models.
 
 Thin: parse options, call :mod:`soundmap.models.registry` / :mod:`soundmap.models.checkpoint`, print.
 """
@@ -18,7 +18,7 @@ from ..models.config import METADATA_COMPONENTS
 from ..progress import info
 from .common import CacheDirOpt, QuietOpt, apply_quiet
 
-models_app = typer.Typer(name="models", help="Install and inspect PSM / GeoCLAP models.",
+models_app = typer.Typer(name="models", help="Install and inspect PSM / GeoCLAP / Sat2Sound models.",
                          no_args_is_help=True, add_completion=False)
 
 UnsafePickleOpt = Annotated[bool, typer.Option(
@@ -59,7 +59,7 @@ def import_command(
     name: Annotated[str, typer.Option("--name", help="Name to install the model under.")],
     unsafe_pickle: UnsafePickleOpt = False, cache_dir: CacheDirOpt = None, quiet: QuietOpt = False,
 ) -> None:
-    """Import an authors' .ckpt (PSM or GeoCLAP) as an installed model."""
+    """Import an authors' .ckpt (PSM, GeoCLAP or Sat2Sound, recognised by itself) as an installed model."""
     from ..models.checkpoint import import_checkpoint
 
     apply_quiet(quiet)
